@@ -1,0 +1,49 @@
+# NovaCron Quota Stream — developer commands. `make help` lists them.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.DEFAULT_GOAL := help
+.PHONY: help install fmt lint typecheck test test-unit demo up down topics clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+install: $(STAMP) ## create .venv and install the project with its dev tools
+
+fmt: $(STAMP) ## format the code (ruff)
+	$(VENV)/bin/ruff format schemas streams projections ops tests
+	$(VENV)/bin/ruff check --fix schemas streams projections ops tests
+
+lint: $(STAMP) ## lint (ruff)
+	$(VENV)/bin/ruff check schemas streams projections ops tests
+	$(VENV)/bin/ruff format --check schemas streams projections ops tests
+
+typecheck: $(STAMP) ## type-check (mypy)
+	$(VENV)/bin/mypy
+
+test: $(STAMP) ## the whole test suite; starts the local broker if none answers
+	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+test-unit: $(STAMP) ## the pure unit tests only (no broker)
+	$(PY) -m pytest -p no:cacheprovider -m "not integration" $(PYTEST_ARGS)
+
+demo: $(STAMP) ## the main job: broker, topics, worker and a live demo workload
+	$(VENV)/bin/novaquota demo
+
+up: $(STAMP) ## start the local Kafka broker and create the topics
+	$(VENV)/bin/novaquota kafka start
+	$(VENV)/bin/novaquota topics create
+
+down: $(STAMP) ## stop the local Kafka broker
+	$(VENV)/bin/novaquota kafka stop
+
+clean: ## remove the virtualenv and local state
+	rm -rf $(VENV) var .mypy_cache .ruff_cache

@@ -1,0 +1,143 @@
+"""The topic catalogue: every topic of the contract with its partitions, retention and cleanup.
+
+``create_topics`` is idempotent: topics that exist are left alone (and checked), missing ones are
+created. The two input topics must have the same partition count, because a tenant's resource
+events and commands are processed by the same owner; a mismatch is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import TopicAlreadyExistsError
+
+from streams.settings import Settings
+
+__all__ = ["TopicMismatchError", "TopicSpec", "catalogue", "create_topics", "describe_topics"]
+
+FOREVER = "-1"
+THIRTY_DAYS_MS = str(30 * 24 * 3600 * 1000)
+
+
+class TopicMismatchError(RuntimeError):
+    """An existing topic contradicts the catalogue in a way that breaks correctness."""
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str]
+    purpose: str
+
+
+def catalogue(settings: Settings) -> list[TopicSpec]:
+    t = settings.topics
+    n = settings.partitions
+    forever = {"retention.ms": FOREVER, "retention.bytes": "-1", "cleanup.policy": "delete"}
+    month = {"retention.ms": THIRTY_DAYS_MS, "cleanup.policy": "delete"}
+    return [
+        TopicSpec(t.resource_events, n, forever, "input: resource events (the audit log)"),
+        TopicSpec(t.quota_commands, n, forever, "input: quota commands"),
+        TopicSpec(t.quota_violations, n, forever, "output: violation episodes"),
+        TopicSpec(t.quota_alerts, n, month, "output: alerts"),
+        TopicSpec(t.audit, n, forever, "output: audit records"),
+        TopicSpec(t.dead_letter, n, month, "output: rejected input, original bytes"),
+        TopicSpec(t.routed, n, forever, "internal: input re-keyed to its tenant's partition"),
+        TopicSpec(t.ticks, n, forever, "internal: event-time ticks (replayable)"),
+        TopicSpec(
+            t.system_totals,
+            1,
+            {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"},
+            "internal: per-worker absolute totals for system quotas",
+        ),
+    ]
+
+
+def _admin(settings: Settings) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(**settings.kafka_client_config(), request_timeout_ms=30000)
+
+
+async def _existing_partitions(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:
+    existing = set(await admin.list_topics())
+    wanted = [n for n in names if n in existing]
+    if not wanted:
+        return {}
+    out: dict[str, int] = {}
+    for meta in await admin.describe_topics(wanted):
+        if meta.get("error_code", 0) == 0:
+            out[meta["topic"]] = len(meta["partitions"])
+    return out
+
+
+async def create_topics(settings: Settings) -> dict[str, str]:
+    """Create what is missing; return {topic: 'created' | 'exists'}."""
+    specs = catalogue(settings)
+    admin = _admin(settings)
+    await admin.start()
+    try:
+        have = await _existing_partitions(admin, [s.name for s in specs])
+        t = settings.topics
+        inputs = {t.resource_events, t.quota_commands}
+        counts = {have.get(name, settings.partitions) for name in inputs}
+        if len(counts) != 1:
+            raise TopicMismatchError(
+                f"the input topics {sorted(inputs)} must have the same partition count; "
+                f"found {({n: have.get(n) for n in sorted(inputs)})}"
+            )
+        missing = [s for s in specs if s.name not in have]
+        for name in inputs & have.keys():
+            if have[name] != settings.partitions:
+                raise TopicMismatchError(
+                    f"{name} exists with {have[name]} partitions but NOVAQUOTA_PARTITIONS is "
+                    f"{settings.partitions}; use the existing count or new topic names"
+                )
+        if missing:
+            new = [
+                NewTopic(
+                    name=s.name,
+                    num_partitions=s.partitions,
+                    replication_factor=settings.replication_factor,
+                    topic_configs=s.config,
+                )
+                for s in missing
+            ]
+            with contextlib.suppress(TopicAlreadyExistsError):  # created concurrently: fine
+                await admin.create_topics(new)
+        return {s.name: ("created" if s in missing else "exists") for s in specs}
+    finally:
+        await admin.close()
+
+
+async def describe_topics(settings: Settings) -> list[dict[str, object]]:
+    specs = catalogue(settings)
+    admin = _admin(settings)
+    await admin.start()
+    try:
+        have = await _existing_partitions(admin, [s.name for s in specs])
+        configs: dict[str, dict[str, str]] = {}
+        present = [s.name for s in specs if s.name in have]
+        if present:
+            resources = [ConfigResource(ConfigResourceType.TOPIC, n) for n in present]
+            for resp in await admin.describe_configs(resources):
+                for _err, _msg, _rtype, rname, entries in resp.resources:
+                    configs[rname] = {e[0]: e[1] for e in entries}
+        out: list[dict[str, object]] = []
+        for s in specs:
+            cfg = configs.get(s.name, {})
+            out.append(
+                {
+                    "topic": s.name,
+                    "purpose": s.purpose,
+                    "exists": s.name in have,
+                    "partitions": have.get(s.name),
+                    "retention.ms": cfg.get("retention.ms"),
+                    "cleanup.policy": cfg.get("cleanup.policy"),
+                }
+            )
+        return out
+    finally:
+        await admin.close()

@@ -1,0 +1,197 @@
+"""The enforcement worker: ``create_app(settings) -> QuotaApp``; topics and tables live here.
+
+The agents (``streams.agents``) are glue only: decode, route, load state, call the pure domain
+core (``streams.quota``), store, send. Everything a user can observe is declared in this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+import faust
+
+from streams.metrics import Metrics
+from streams.settings import Settings
+from streams.ticks import Ticker
+
+__all__ = ["QuotaApp", "create_app", "run_worker"]
+
+log = logging.getLogger(__name__)
+
+
+def rocksdb_options() -> dict[str, Any]:
+    """RocksDB per table and partition. Faust's defaults (2 GiB block cache, 3 x 64 MiB write
+    buffers) multiply into gigabytes with 12 partitions and several tables. A fresh dict each
+    time: Faust pops keys out of the one it is given."""
+    return {
+        "driver": "rocksdict",
+        "block_cache_size": 8 * 1024 * 1024,
+        "block_cache_compressed_size": 0,
+        "write_buffer_size": 4 * 1024 * 1024,
+        "max_write_buffer_number": 2,
+    }
+
+
+class QuotaApp:
+    """The Faust app plus the handles the agents and views need."""
+
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        t = settings.topics
+        self.app = faust.App(
+            settings.app_id,
+            broker=[f"kafka://{h.strip()}" for h in settings.bootstrap_servers.split(",")],
+            broker_credentials=_credentials(settings),
+            store="rocksdb://",
+            datadir=str(settings.data_dir),
+            web_enabled=True,
+            web_host=settings.web_host,
+            web_port=settings.web_port,
+            canonical_url=f"http://{settings.web_host}:{settings.web_port}",
+            topic_partitions=settings.partitions,
+            topic_replication_factor=settings.replication_factor,
+            topic_allow_declare=True,
+            table_standby_replicas=1,
+            processing_guarantee="at_least_once",
+            consumer_auto_offset_reset="earliest",
+            producer_acks=-1,
+            producer_compression_type="gzip",
+            web_in_thread=False,
+            autodiscover=False,
+        )
+
+        def raw_topic(name: str, *, internal: bool = False) -> faust.TopicT:
+            return self.app.topic(
+                name,
+                key_type=bytes,
+                value_type=bytes,
+                key_serializer="raw",
+                value_serializer="raw",
+                partitions=settings.partitions,
+                internal=internal,
+            )
+
+        self.resource_events = raw_topic(t.resource_events)
+        self.quota_commands = raw_topic(t.quota_commands)
+        self.routed = raw_topic(t.routed)
+        self.ticks = raw_topic(t.ticks)
+        self.violations = raw_topic(t.quota_violations)
+        self.alerts = raw_topic(t.quota_alerts)
+        self.audit = raw_topic(t.audit)
+        self.dead_letter = raw_topic(t.dead_letter)
+
+        def table(name: str, *, global_: bool = False) -> Any:
+            factory = self.app.GlobalTable if global_ else self.app.Table
+            tbl = factory(
+                name,
+                key_type=bytes,
+                value_type=bytes,
+                partitions=settings.partitions,
+                options=rocksdb_options(),
+            )
+            # bytes in, bytes out: Faust would pick JSON for these types
+            tbl.key_serializer = "raw"
+            tbl.value_serializer = "raw"
+            return tbl
+
+        # One record per tenant (its whole quota state) and one per resource instance.
+        self.tenants = table("tenants")
+        self.instances = table("instances")
+        # Custom templates (template.defined), readable by every worker.
+        self.templates = table("templates", global_=True)
+        self.ticker = Ticker(clock=time.time)
+        self.enforcer: Any = None
+
+        from streams import agents, web
+
+        agents.register(self)
+        web.register(self)
+        self._register_timers()
+
+    def _register_timers(self) -> None:
+        app = self.app
+        input_topic = self.resource_events.get_topic_name()
+
+        def actives() -> set[int]:
+            return {
+                tp.partition
+                for tp in app.assignor.assigned_actives()
+                if tp.topic == input_topic
+            }
+
+        @app.timer(interval=1.0, on_leader=False)
+        async def send_ticks() -> None:
+            if app.rebalancing or not app.tables.recovery.completed.is_set():
+                return
+            for partition, tick_us in self.ticker.pending(actives()):
+                await self.ticks.send(value=str(tick_us).encode(), partition=partition)
+
+        @app.on_partitions_revoked.connect
+        async def on_revoked(app_: Any, revoked: set[Any], **kwargs: Any) -> None:
+            self.ticker.forget({tp.partition for tp in revoked if tp.topic == input_topic})
+            if self.enforcer is not None:
+                self.enforcer.forget()
+
+        @app.on_rebalance_complete.connect
+        async def on_rebalanced(app_: Any, **kwargs: Any) -> None:
+            self._rebuild_ticker(actives())
+
+    def _rebuild_ticker(self, partitions: set[int]) -> None:
+        """Index the deadlines of the tenants on newly owned partitions."""
+        from streams.enforce import TenantRecord
+        from streams.quota import next_deadline
+
+        store: Any = self.tenants.data
+        if not hasattr(store, "_db_for_partition"):
+            return
+        for p in partitions - set(self.ticker.watermark):
+            db = store._db_for_partition(p)
+            for key, raw in db.items():
+                rec = TenantRecord.from_bytes(raw)
+                self.ticker.note(
+                    p, key.decode(), next_deadline(rec.state), rec.state.watermark_us
+                )
+
+
+def _credentials(settings: Settings) -> Any:
+    if settings.sasl_mechanism:
+        password = settings.sasl_password.get_secret_value() if settings.sasl_password else ""
+        ssl_context = None
+        if settings.security_protocol == "SASL_SSL":
+            ssl_context = settings.kafka_client_config()["ssl_context"]
+        return faust.SASLCredentials(
+            username=settings.sasl_username or "",
+            password=password,
+            mechanism=settings.sasl_mechanism,
+            ssl_context=ssl_context,
+        )
+    if settings.security_protocol == "SSL":
+        return faust.SSLCredentials(settings.kafka_client_config()["ssl_context"])
+    return None
+
+
+def create_app(settings: Settings | None = None) -> QuotaApp:
+    return QuotaApp(settings or Settings())
+
+
+def run_worker(settings: Settings, extra_argv: list[str] | None = None) -> int:
+    """Run a Faust worker in this process until it is stopped (SIGINT/SIGTERM)."""
+    qa = create_app(settings)
+    argv = [
+        "novaquota",
+        "worker",
+        "--loglevel",
+        settings.log_level.lower(),
+        "--web-port",
+        str(settings.web_port),
+        "--web-host",
+        settings.web_host,
+    ]
+    extra = [a for a in (extra_argv or []) if a != "--"]
+    sys.argv = argv + extra
+    qa.app.main()
+    return 0

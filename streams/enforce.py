@@ -1,0 +1,364 @@
+"""The enforcement step: load a tenant's state, decide, store, and say what to send.
+
+Independent of Faust: it works on two byte-keyed mutable mappings (the Faust tables in the
+worker, plain dicts in tests — the in-memory twin), so every storage rule is tested without a
+broker.
+
+Exactly-once effect with at-least-once delivery
+------------------------------------------------
+Faust writes each table change to local RocksDB at once and to its changelog topic
+asynchronously; it flushes the producer before it commits input offsets. After a crash, input
+after the last commit is processed again, while local state (or the changelog) may already hold
+part of its effect. Three rules make every replay harmless:
+
+1. **Guard.** A tenant's record carries, for each input stream (topic and partition), the offset
+   of the last message applied to it, in the same value as the state. A message at or below that
+   offset has taken effect already: it is not applied again.
+2. **Repair.** Such a replayed message re-writes the rows it touched (the tenant record and its
+   instance row) and re-sends the outputs it produced (kept in a small outbox in the record), so
+   a changelog or output write lost in the crash is written again. Outputs carry deterministic
+   ids, so a consumer that sees one twice can tell.
+3. **Instance rows remember the message that last changed them** and their value before it.
+   If an instance row was written but the tenant record was not, the replay computes from the
+   earlier value, so the totals move exactly once.
+
+Messages forwarded between partitions (routing by ``data.tenant_id``) can arrive twice at
+different offsets; the core itself is idempotent for those (newest-wins per instance, dedup by
+(source, id) for additive consumption).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from schemas.codec import Decoded
+from streams import quota as q
+from streams.translate import encode_output, to_inputs
+
+__all__ = ["Emit", "Enforcer", "InstanceRows", "Rejection", "TenantRecord", "instance_row_key"]
+
+SEP = "\x1f"
+OUTBOX_LIMIT = 64
+
+Table = MutableMapping[bytes, bytes]
+PrefixScan = Callable[[bytes], Iterator[tuple[bytes, bytes]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    """One record to send: topic suffix (contract name without prefix), key, value."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    opened: tuple[str, str] | None = None
+    """(resource_type, kind) when this record opens a violation episode (for metrics)."""
+
+
+class Rejection(Exception):
+    """The message is well-formed but cannot take effect: dead-letter it with ``reason``."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+def instance_row_key(tenant_id: str, instance_key: str) -> bytes:
+    return f"{tenant_id}{SEP}{instance_key}".encode()
+
+
+@dataclass
+class TenantRecord:
+    """What the tenants table holds per tenant: guard offsets, outbox, and the core state."""
+
+    state: q.TenantState
+    guard: dict[str, int] = field(default_factory=dict)
+    outbox: list[list[Any]] = field(default_factory=list)  # [stream, offset, [[topic, str]]]
+
+    def to_bytes(self) -> bytes:
+        head = orjson.dumps({"v": 1, "g": self.guard, "o": self.outbox})
+        return head + b"\n" + self.state.to_bytes()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> TenantRecord:
+        head, _, body = raw.partition(b"\n")
+        h = orjson.loads(head)
+        return cls(q.TenantState.from_bytes(body), h.get("g", {}), h.get("o", []))
+
+    @classmethod
+    def new(cls, tenant_id: str) -> TenantRecord:
+        return cls(q.TenantState(tenant_id=tenant_id))
+
+
+class InstanceRows(MutableMapping[str, q.InstanceState]):
+    """The core's view of one tenant's instances, over the byte-keyed instances table.
+
+    A row is ``[marker, previous, current]``: the message that last changed it and the value
+    before that message (rule 3 of the module doc).
+    """
+
+    def __init__(self, table: Table, scan: PrefixScan, tenant_id: str, marker: str, replay_ok: bool):
+        self.table = table
+        self.scan = scan
+        self.tenant_id = tenant_id
+        self.prefix = f"{tenant_id}{SEP}".encode()
+        self.marker = marker
+        # True when the tenant record has NOT applied this message: a row already changed by
+        # it is read as its earlier value.
+        self.replay_ok = replay_ok
+        self.before: dict[str, bytes | None] = {}
+        self.touched: set[str] = set()
+
+    def _load(self, raw: bytes) -> bytes | None:
+        marker, prev, cur = orjson.loads(raw)
+        if self.replay_ok and marker == self.marker:
+            return prev.encode() if prev is not None else None
+        return cur.encode() if cur is not None else None
+
+    def _raw(self, key: str) -> bytes | None:
+        if key in self.before:
+            cur = self.before[key]
+            return cur
+        raw = self.table.get(instance_row_key(self.tenant_id, key))
+        return None if raw is None else self._load(raw)
+
+    def __getitem__(self, key: str) -> q.InstanceState:
+        if key in self.touched:
+            raw = self.table.get(instance_row_key(self.tenant_id, key))
+            assert raw is not None
+            cur = orjson.loads(raw)[2]
+            if cur is None:
+                raise KeyError(key)
+            return q.InstanceState.from_bytes(cur.encode())
+        data = self._raw(key)
+        if data is None:
+            raise KeyError(key)
+        return q.InstanceState.from_bytes(data)
+
+    def __setitem__(self, key: str, value: q.InstanceState) -> None:
+        self._write(key, value.to_bytes())
+
+    def __delitem__(self, key: str) -> None:
+        self._write(key, None)
+
+    def _write(self, key: str, data: bytes | None) -> None:
+        if key not in self.before:
+            self.before[key] = self._raw(key)
+        prev = self.before[key]
+        row = orjson.dumps(
+            [
+                self.marker,
+                prev.decode() if prev is not None else None,
+                data.decode() if data is not None else None,
+            ]
+        )
+        self.table[instance_row_key(self.tenant_id, key)] = row
+        self.touched.add(key)
+
+    def __iter__(self) -> Iterator[str]:
+        n = len(self.prefix)
+        for k, raw in self.scan(self.prefix):
+            key = k[n:].decode()
+            if key in self.touched:
+                if orjson.loads(raw)[2] is not None:
+                    yield key
+            elif self._load(raw) is not None:
+                yield key
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def repair(self, keys: list[str]) -> None:
+        """Re-write rows as they are, so a changelog record lost in a crash is sent again."""
+        for key in keys:
+            rk = instance_row_key(self.tenant_id, key)
+            raw = self.table.get(rk)
+            if raw is not None:
+                self.table[rk] = raw
+
+
+def dict_scan(table: Table) -> PrefixScan:
+    """Prefix scan over a plain dict (the in-memory twin of a RocksDB partition scan)."""
+
+    def scan(prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        for k in sorted(table):
+            if k.startswith(prefix):
+                yield k, table[k]
+
+    return scan
+
+
+class Enforcer:
+    """Applies decoded messages to tenant state held in two byte-keyed tables."""
+
+    def __init__(
+        self,
+        tenants: Table,
+        instances: Table,
+        scan: PrefixScan,
+        *,
+        config: q.Config = q.DEFAULT_CONFIG,
+        templates: Callable[[str], Any] | None = None,
+        cache_size: int = 50_000,
+    ) -> None:
+        self.tenants = tenants
+        self.instances = instances
+        self.scan = scan
+        self.config = config
+        self.templates = templates
+        self._cache: dict[str, tuple[bytes, TenantRecord]] = {}
+        self.cache_size = cache_size
+        self.last_deadline: int | None = None
+        """Next event-time deadline of the tenant stored last (for tick scheduling)."""
+        self.last_watermark: int = 0
+
+    # -- state access ---------------------------------------------------------------------
+
+    def load(self, tenant_id: str) -> tuple[TenantRecord, bytes | None]:
+        raw = self.tenants.get(tenant_id.encode())
+        if raw is None:
+            self._cache.pop(tenant_id, None)
+            return TenantRecord.new(tenant_id), None
+        hit = self._cache.get(tenant_id)
+        if hit is not None and hit[0] == raw:
+            return hit[1], raw
+        rec = TenantRecord.from_bytes(raw)
+        return rec, raw
+
+    def _store(self, tenant_id: str, rec: TenantRecord) -> None:
+        raw = rec.to_bytes()
+        self.tenants[tenant_id.encode()] = raw
+        self.last_deadline = q.next_deadline(rec.state)
+        self.last_watermark = rec.state.watermark_us
+        if len(self._cache) >= self.cache_size:
+            self._cache.clear()
+        self._cache[tenant_id] = (raw, rec)
+
+    def forget(self) -> None:
+        """Drop cached state (after a rebalance)."""
+        self._cache.clear()
+
+    # -- processing -----------------------------------------------------------------------
+
+    def process(self, decoded: Decoded, stream: str, offset: int) -> list[Emit]:
+        """Apply one message read at ``offset`` of ``stream``; return what to send.
+
+        Raises ``Rejection`` when the message cannot take effect (state unchanged).
+        """
+        tenant = decoded.tenant_id
+        if tenant is None:
+            raise Rejection("missing_field", "data.tenant_id: required to route this message")
+        try:
+            inputs = to_inputs(decoded, self.templates)
+        except ValueError as exc:
+            raise Rejection("invalid_field", str(exc)) from exc
+        if not inputs:
+            return []
+        rec, raw = self.load(tenant)
+        marker = f"{stream}:{offset}"
+        applied = rec.guard.get(stream, -1) >= offset
+        rows = InstanceRows(self.instances, self.scan, tenant, marker, replay_ok=not applied)
+        if applied:
+            return self._repair(tenant, rec, raw, rows, inputs, stream, offset)
+        outputs: list[q.Output] = []
+        try:
+            for inp in inputs:
+                outputs.extend(q.apply(rec.state, rows, inp, self.config))
+        except Exception:
+            self._cache.pop(tenant, None)  # the cached object may be half-mutated
+            raise
+        rejected = [o for o in outputs if isinstance(o, q.Rejected)]
+        if rejected and len(rejected) == len(outputs) and not rows.touched:
+            # nothing changed: the message is dead-lettered with the core's reason
+            self._cache.pop(tenant, None)
+            r = rejected[0]
+            raise Rejection(r.reason, r.message)
+        emits = self._emits(tenant, outputs, decoded)
+        rec.guard[stream] = offset
+        if emits:
+            rec.outbox.append([stream, offset, [[e.topic, e.value.decode()] for e in emits]])
+            del rec.outbox[:-OUTBOX_LIMIT]
+        if rec.state.purged:
+            self._purge(tenant, rows)
+        self._store(tenant, rec)
+        return emits
+
+    def _repair(
+        self,
+        tenant: str,
+        rec: TenantRecord,
+        raw: bytes | None,
+        rows: InstanceRows,
+        inputs: list[q.Input],
+        stream: str,
+        offset: int,
+    ) -> list[Emit]:
+        if raw is not None:
+            self.tenants[tenant.encode()] = raw
+        keys: list[str] = []
+        for inp in inputs:
+            if isinstance(inp, q.Allocation):
+                keys.append(inp.instance_key)
+            elif isinstance(inp, q.Inventory):
+                keys.extend(item[0] for item in inp.instances)
+        rows.repair(keys)
+        key = tenant.encode()
+        return [
+            Emit(topic, key, value.encode())
+            for s, o, sent in rec.outbox
+            if s == stream and o == offset
+            for topic, value in sent
+        ]
+
+    def _purge(self, tenant: str, rows: InstanceRows) -> None:
+        for key in list(rows):
+            del rows[key]
+
+    def _emits(self, tenant: str, outputs: list[q.Output], decoded: Decoded) -> list[Emit]:
+        key = tenant.encode()
+        emits = []
+        for out in outputs:
+            if isinstance(out, q.Rejected):
+                continue
+            topic, value = encode_output(out, cause_type=decoded.type, cause_source=decoded.source)
+            opened = (
+                (out.resource_type, out.kind) if isinstance(out, q.ViolationOpened) else None
+            )
+            emits.append(Emit(topic, key, value, opened))
+        return emits
+
+    def tick(self, tenant: str, time_us: int, stream: str, offset: int) -> list[Emit]:
+        """Advance one tenant's event time (tick records on the internal topic)."""
+        rec, raw = self.load(tenant)
+        if raw is None:
+            return []
+        if rec.guard.get(stream, -1) >= offset:
+            self.tenants[tenant.encode()] = raw
+            return [
+                Emit(t, tenant.encode(), v.encode())
+                for s, o, sent in rec.outbox
+                if s == stream and o == offset
+                for t, v in sent
+            ]
+        rows = InstanceRows(self.instances, self.scan, tenant, f"{stream}:{offset}", True)
+        outputs = q.apply(rec.state, rows, q.Tick(time_us), self.config)
+        emits = []
+        for out in outputs:
+            if isinstance(out, q.Rejected):
+                continue
+            topic, value = encode_output(out, cause_type="tick", cause_source="novaquota/tick")
+            opened = (
+                (out.resource_type, out.kind) if isinstance(out, q.ViolationOpened) else None
+            )
+            emits.append(Emit(topic, tenant.encode(), value, opened))
+        rec.guard[stream] = offset
+        if emits:
+            rec.outbox.append([stream, offset, [[e.topic, e.value.decode()] for e in emits]])
+            del rec.outbox[:-OUTBOX_LIMIT]
+        self._store(tenant, rec)
+        return emits

@@ -1,0 +1,112 @@
+"""One frozen settings object, read from the environment.
+
+Every setting has an environment variable ``NOVAQUOTA_<NAME>`` (upper case); the broker address
+also honours the conventional ``KAFKA_BOOTSTRAP_SERVERS``. Secrets are ``SecretStr`` so that they
+never end up in logs or reprs.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "TopicNames"]
+
+
+class TopicNames:
+    """The contract's topic names under one prefix (``NOVAQUOTA_TOPIC_PREFIX``)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.resource_events = f"{prefix}resource-events"
+        self.quota_commands = f"{prefix}quota-commands"
+        self.quota_violations = f"{prefix}quota-violations"
+        self.quota_alerts = f"{prefix}quota-alerts"
+        self.audit = f"{prefix}audit"
+        self.dead_letter = f"{prefix}dead-letter"
+        # Internal topics (not part of the public contract).
+        self.routed = f"{prefix}internal-routed"
+        self.ticks = f"{prefix}internal-ticks"
+        self.system_totals = f"{prefix}internal-system-totals"
+
+    def inputs(self) -> tuple[str, str]:
+        return (self.resource_events, self.quota_commands)
+
+    def outputs(self) -> tuple[str, ...]:
+        return (
+            self.quota_violations,
+            self.quota_alerts,
+            self.audit,
+            self.dead_letter,
+        )
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="NOVAQUOTA_", frozen=True, extra="ignore", populate_by_name=True
+    )
+
+    # --- Kafka connection -------------------------------------------------------------------
+    bootstrap_servers: str = Field(
+        default="localhost:9092",
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "NOVAQUOTA_BOOTSTRAP_SERVERS"),
+    )
+    security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL
+    sasl_mechanism: str | None = None  # PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+
+    # --- Topics -----------------------------------------------------------------------------
+    topic_prefix: str = "novacron."
+    partitions: int = Field(default=12, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+
+    # --- Worker -----------------------------------------------------------------------------
+    app_id: str = "novaquota-enforcement"
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    data_dir: Path = Path("./var/worker")
+    log_level: str = "INFO"
+
+    # --- Validation limits (contract section 3) ---------------------------------------------
+    max_amount: float = 1e12  # sanity cap on any single amount
+    max_clock_skew_seconds: float = 300.0  # event time ahead of record timestamp
+
+    # --- Local broker (ops/kafka) -----------------------------------------------------------
+    kafka_version: str = "4.4.0"  # newest release passing the suite: see ops/kafka_local.py
+    kafka_home: Path = Path.home() / ".cache" / "novaquota" / "kafka"
+    kafka_data_dir: Path | None = None  # broker storage; None means <kafka_home>/data
+    kafka_controller_port: int = Field(default=9093, ge=1, le=65535)  # KRaft CONTROLLER listener
+    kafka_heap: str = "-Xmx512m -Xms256m"  # JVM heap flags of the local broker
+
+    @cached_property
+    def topics(self) -> TopicNames:
+        return TopicNames(self.topic_prefix)
+
+    def kafka_client_config(self) -> dict[str, object]:
+        """Keyword arguments shared by every aiokafka client we create."""
+        cfg: dict[str, object] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            cfg["sasl_mechanism"] = self.sasl_mechanism
+            cfg["sasl_plain_username"] = self.sasl_username
+            cfg["sasl_plain_password"] = (
+                self.sasl_password.get_secret_value() if self.sasl_password else None
+            )
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            cfg["ssl_context"] = create_ssl_context(
+                cafile=str(self.ssl_cafile) if self.ssl_cafile else None,
+                certfile=str(self.ssl_certfile) if self.ssl_certfile else None,
+                keyfile=str(self.ssl_keyfile) if self.ssl_keyfile else None,
+            )
+        return cfg

@@ -1,0 +1,189 @@
+"""Faust web views: entity usage, quotas and open violations; health, readiness, metrics.
+
+Every worker answers for every tenant: a request for a tenant this worker does not own is
+forwarded to the owner of the tenant's partition (Faust's router, the same mechanism as
+``@app.table_route``); during a rebalance that answers 503 and clients retry.
+Authentication is pluggable (``Authenticator``); the default lets every request through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from faust import web
+from faust.exceptions import SameNode
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from schemas.amounts import from_micros
+from schemas.common import format_time_us
+from streams import quota as q
+
+if TYPE_CHECKING:
+    from streams.app import QuotaApp
+
+__all__ = ["ApiError", "Authenticator", "allow_all", "register"]
+
+LEVELS = ("tenant", "project", "user", "system")
+
+Authenticator = Callable[[web.Request, str], None]
+"""Called with the request and the tenant it reads; raises ApiError(404) to deny."""
+
+
+def allow_all(request: web.Request, tenant_id: str) -> None:
+    return None
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def _num(micros: int | None) -> float | int | None:
+    if micros is None:
+        return None
+    d = from_micros(micros)
+    return int(d) if d == d.to_integral_value() else float(d)
+
+
+def _entity(request: web.Request) -> tuple[str, str, str]:
+    """(tenant_id, level, entity_id) from the query, as the contract spells it."""
+    query = request.query
+    entity_id = query.get("entity_id") or ""
+    level = query.get("level") or "tenant"
+    if level not in LEVELS:
+        raise ApiError(400, "invalid_level", f"level must be one of {', '.join(LEVELS)}")
+    tenant_id = query.get("tenant_id") or ""
+    if level == "tenant":
+        entity_id = entity_id or tenant_id
+        if tenant_id and tenant_id != entity_id:
+            raise ApiError(400, "invalid_entity", "tenant_id and entity_id differ")
+        tenant_id = entity_id
+    elif level == "system":
+        tenant_id = entity_id = "system"
+    if not entity_id:
+        raise ApiError(400, "missing_entity_id", "entity_id is required")
+    if not tenant_id:
+        raise ApiError(400, "missing_tenant_id", f"tenant_id is required for level {level}")
+    return tenant_id, level, entity_id
+
+
+def register(qa: QuotaApp, authenticate: Authenticator = allow_all) -> None:
+    app = qa.app
+
+    def error(view: web.View, exc: ApiError) -> web.Response:
+        return view.json({"error": {"code": exc.code, "message": exc.message}}, status=exc.status)
+
+    async def routed(
+        view: web.View,
+        request: web.Request,
+        answer: Callable[[str, str, str, q.TenantState, dict[str, Any]], dict[str, Any]],
+    ) -> web.Response:
+        try:
+            tenant_id, level, entity_id = _entity(request)
+            authenticate(request, tenant_id)
+        except ApiError as exc:
+            return error(view, exc)
+        try:
+            return await app.router.route_req(qa.tenants.name, tenant_id, view.web, request)
+        except SameNode:
+            pass
+        rec, _raw = qa.enforcer.load(tenant_id)
+        state = rec.state
+        as_of = {
+            "event_time": format_time_us(state.watermark_us) if state.watermark_us else None,
+            "offsets": rec.guard,
+        }
+        try:
+            body = answer(tenant_id, level, entity_id, state, as_of)
+        except ApiError as exc:
+            return error(view, exc)
+        return view.json(body)
+
+    def utilization(
+        tenant: str, level: str, entity: str, state: q.TenantState, as_of: dict[str, Any]
+    ) -> dict[str, Any]:
+        rows = []
+        for row in q.utilization_view(state, level, entity):
+            util = row["utilization"]
+            rows.append(
+                {
+                    "resource_type": row["resource_type"],
+                    "limit": _num(row["limit"]),
+                    "burst_limit": _num(row["burst_limit"]),
+                    "used": _num(row["used"]),
+                    "reserved": _num(row["reserved"]),
+                    "available": _num(row["available"]),
+                    "utilization": None if util is None else round(float(util), 3),
+                    "limit_type": row["limit_type"],
+                    "status": row["status"],
+                    "window": row["window"],
+                    "open_violations": row.get("open_violations", []),
+                }
+            )
+        return {
+            "tenant_id": tenant,
+            "level": level,
+            "entity_id": entity,
+            "resources": rows,
+            "as_of": as_of,
+        }
+
+    def quotas(
+        tenant: str, level: str, entity: str, state: q.TenantState, as_of: dict[str, Any]
+    ) -> dict[str, Any]:
+        rows = []
+        for ekey, per in sorted(state.quotas.items()):
+            lvl, eid = q.split_entity_key(ekey)
+            if level != "tenant" and (lvl, eid) != (level, entity):
+                continue
+            for res in sorted(per):
+                quota = q.quota_of(state, lvl, eid, res)
+                if quota is None:
+                    continue
+                used = q.usage_of(state, lvl, eid, res)
+                d = quota.to_dict()
+                for k in ("limit", "burst_limit"):
+                    d[k] = _num(d.get(k))
+                d["used"] = _num(used)
+                d["reserved"] = _num(q.reserved_of(state, lvl, eid, res))
+                d["utilization"] = (
+                    round(used * 100 / quota.limit, 3) if quota.limit else None
+                )
+                d["tenant_id"] = tenant
+                rows.append(d)
+        return {"tenant_id": tenant, "quotas": rows, "as_of": as_of}
+
+    @app.page("/api/v1/quotas/utilization")
+    async def utilization_view(self: web.View, request: web.Request) -> web.Response:
+        return await routed(self, request, utilization)
+
+    @app.page("/api/v1/quotas")
+    async def quotas_view(self: web.View, request: web.Request) -> web.Response:
+        return await routed(self, request, quotas)
+
+    @app.page("/healthz")
+    async def healthz(self: web.View, request: web.Request) -> web.Response:
+        return self.json({"status": "ok"})
+
+    @app.page("/readyz")
+    async def readyz(self: web.View, request: web.Request) -> web.Response:
+        assigned = [tp for tp in app.assignor.assigned_actives()]
+        recovered = app.tables.recovery.completed.is_set()
+        ready = bool(not app.rebalancing and assigned and recovered)
+        body: dict[str, Any] = {
+            "ready": ready,
+            "rebalancing": bool(app.rebalancing),
+            "tables_recovered": recovered,
+            "assigned_partitions": len(assigned),
+        }
+        return self.json(body, status=200 if ready else 503)
+
+    @app.page("/metrics")
+    async def metrics(self: web.View, request: web.Request) -> web.Response:
+        body = generate_latest(qa.metrics.registry)
+        return self.bytes(body, content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
