@@ -82,6 +82,12 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     return run_worker(settings, extra_argv=args.faust_args)
 
 
+def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    from ops import bench
+
+    return bench.main(args, settings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="novaquota",
@@ -112,6 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
         "faust_args", nargs=argparse.REMAINDER, help="extra Faust worker options, after --"
     )
     p.set_defaults(func=_cmd_worker)
+
+    p = sub.add_parser("bench", help="throughput against the real broker (JSON report)")
+    p.add_argument("--events", type=int, default=100_000, help="resource events to process")
+    p.add_argument("--tenants", type=int, default=10_000)
+    p.add_argument("--partitions", type=int, default=12)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--out", help="also write the JSON report to this file")
+    p.set_defaults(func=_cmd_bench)
     return parser
 
 

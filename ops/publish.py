@@ -46,7 +46,7 @@ def make_producer(settings: Settings, **overrides: object) -> AIOKafkaProducer:
         **settings.kafka_client_config(),
         "acks": "all",
         "enable_idempotence": True,
-        "compression_type": "gzip",
+        "compression_type": settings.compression_type,
         "linger_ms": 5,
         "max_batch_size": 256 * 1024,
     }

@@ -12,6 +12,7 @@ co-partitioned with the inputs, so one worker owns each tenant's whole hierarchy
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterator
@@ -82,8 +83,27 @@ def register(qa: QuotaApp) -> None:
         raw = qa.templates.get(name)
         return None if raw is None else TemplateSpec.model_validate_json(raw)
 
-    enforcer = Enforcer(qa.tenants, qa.instances, scan, templates=template_lookup)
+    streams_by_short = {v: k for k, v in short.items()}
+
+    def committed(stream: str) -> int:
+        from faust.types import TP
+
+        name, partition = stream.split(":")
+        offsets: Any = getattr(app.consumer, "_committed_offset", {})
+        value = offsets.get(TP(streams_by_short[name], int(partition)))
+        return -1 if value is None else int(value)
+
+    enforcer = Enforcer(
+        qa.tenants,
+        qa.instances,
+        scan,
+        templates=template_lookup,
+        dedup=qa.dedup,
+        committed=committed,
+    )
     qa.enforcer = enforcer
+
+    order = asyncio.Lock()
 
     async def to_dead_letter(msg: Any, reason: str, message: str) -> None:
         headers = [h for h in (msg.headers or ()) if h[0] != ORIGIN_HEADER]
@@ -151,15 +171,20 @@ def register(qa: QuotaApp) -> None:
             )
             return
         stream = f"{short[topic]}:{msg.partition}"
-        try:
-            emits = enforcer.process(_with_tenant(decoded, tenant), stream, msg.offset)
-        except Rejection as exc:
-            await to_dead_letter(msg, exc.reason, exc.message)
-            return
+        # The agents share one event loop; the lock keeps a tenant's outputs in the order its
+        # state changed when two agents (events, commands) interleave at a send.
+        async with order:
+            try:
+                emits = enforcer.process(_with_tenant(decoded, tenant), stream, msg.offset)
+            except Rejection as exc:
+                await to_dead_letter(msg, exc.reason, exc.message)
+                return
+            qa.ticker.note(
+                msg.partition, tenant, enforcer.last_deadline, enforcer.last_watermark
+            )
+            await send_all(emits)
         metrics.events_processed.labels(decoded.type, "accepted").inc()
         metrics.event_lag.observe(max(0.0, time.time() - decoded.time_us / 1e6))
-        qa.ticker.note(msg.partition, tenant, enforcer.last_deadline, enforcer.last_watermark)
-        await send_all(emits)
 
     async def consume(stream: Any) -> None:
         async for event in stream.events():
@@ -171,9 +196,10 @@ def register(qa: QuotaApp) -> None:
             tick_us = int(msg.value)
             stream_id = f"tk:{msg.partition}"
             for tenant in qa.ticker.due(msg.partition, tick_us):
-                emits = enforcer.tick(tenant, tick_us, stream_id, msg.offset)
-                qa.ticker.note(msg.partition, tenant, enforcer.last_deadline, tick_us)
-                await send_all(emits)
+                async with order:
+                    emits = enforcer.tick(tenant, tick_us, stream_id, msg.offset)
+                    qa.ticker.note(msg.partition, tenant, enforcer.last_deadline, tick_us)
+                    await send_all(emits)
 
     app.agent(qa.resource_events, name="ingest-resource-events", concurrency=1)(consume)
     app.agent(qa.quota_commands, name="ingest-quota-commands", concurrency=1)(consume)

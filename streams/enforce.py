@@ -30,7 +30,7 @@ different offsets; the core itself is idempotent for those (newest-wins per inst
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -205,11 +205,19 @@ class Enforcer:
         config: q.Config = q.DEFAULT_CONFIG,
         templates: Callable[[str], Any] | None = None,
         cache_size: int = 50_000,
+        dedup: Table | None = None,
+        committed: Callable[[str], int] | None = None,
     ) -> None:
         self.tenants = tenants
         self.instances = instances
         self.scan = scan
-        self.config = config
+        # Consumption (api.requests) is deduplicated by (source, id) in a table of its own, so
+        # a busy tenant's week of ids does not ride along in every write of its record.
+        self.dedup = dedup
+        self.config = replace(config, external_dedup=True) if dedup is not None else config
+        # committed(stream) -> the consumer's committed offset: outbox entries below it can
+        # never be replayed, so they are dropped.
+        self.committed = committed
         self.templates = templates
         self._cache: dict[str, tuple[bytes, TenantRecord]] = {}
         self.cache_size = cache_size
@@ -266,8 +274,15 @@ class Enforcer:
         if applied:
             return self._repair(tenant, rec, raw, rows, inputs, stream, offset)
         outputs: list[q.Output] = []
+        seen: list[bytes] = []
         try:
             for inp in inputs:
+                if isinstance(inp, q.Consumption) and self.dedup is not None:
+                    dk = f"{tenant}{SEP}{inp.source}{SEP}{inp.event_id}".encode()
+                    mark = self.dedup.get(dk)
+                    if mark is not None and mark != marker.encode():
+                        continue  # a duplicate: it took effect before
+                    seen.append(dk)
                 outputs.extend(q.apply(rec.state, rows, inp, self.config))
         except Exception:
             self._cache.pop(tenant, None)  # the cached object may be half-mutated
@@ -279,10 +294,11 @@ class Enforcer:
             r = rejected[0]
             raise Rejection(r.reason, r.message)
         emits = self._emits(tenant, outputs, decoded)
+        if self.dedup is not None:
+            for dk in seen:
+                self.dedup[dk] = marker.encode()
         rec.guard[stream] = offset
-        if emits:
-            rec.outbox.append([stream, offset, [[e.topic, e.value.decode()] for e in emits]])
-            del rec.outbox[:-OUTBOX_LIMIT]
+        self._outbox(rec, stream, offset, emits)
         if rec.state.purged:
             self._purge(tenant, rows)
         self._store(tenant, rec)
@@ -302,6 +318,11 @@ class Enforcer:
             self.tenants[tenant.encode()] = raw
         keys: list[str] = []
         for inp in inputs:
+            if isinstance(inp, q.Consumption) and self.dedup is not None:
+                dk = f"{tenant}{SEP}{inp.source}{SEP}{inp.event_id}".encode()
+                mark = self.dedup.get(dk)
+                if mark is not None:
+                    self.dedup[dk] = mark
             if isinstance(inp, q.Allocation):
                 keys.append(inp.instance_key)
             elif isinstance(inp, q.Inventory):
@@ -314,6 +335,15 @@ class Enforcer:
             if s == stream and o == offset
             for topic, value in sent
         ]
+
+    def _outbox(self, rec: TenantRecord, stream: str, offset: int, emits: list[Emit]) -> None:
+        """Keep what this message sent until its offset is committed (rule 2)."""
+        if self.committed is not None and rec.outbox:
+            committed = self.committed
+            rec.outbox = [e for e in rec.outbox if e[1] >= committed(e[0])]
+        if emits:
+            rec.outbox.append([stream, offset, [[e.topic, e.value.decode()] for e in emits]])
+            del rec.outbox[:-OUTBOX_LIMIT]
 
     def _purge(self, tenant: str, rows: InstanceRows) -> None:
         for key in list(rows):
@@ -357,8 +387,6 @@ class Enforcer:
             )
             emits.append(Emit(topic, tenant.encode(), value, opened))
         rec.guard[stream] = offset
-        if emits:
-            rec.outbox.append([stream, offset, [[e.topic, e.value.decode()] for e in emits]])
-            del rec.outbox[:-OUTBOX_LIMIT]
+        self._outbox(rec, stream, offset, emits)
         self._store(tenant, rec)
         return emits

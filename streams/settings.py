@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -66,6 +67,8 @@ class Settings(BaseSettings):
     topic_prefix: str = "novacron."
     partitions: int = Field(default=12, ge=1)
     replication_factor: int = Field(default=1, ge=1)
+    # lz4 (native, via cramjam) costs a fraction of gzip, which aiokafka runs in pure Python
+    compression: Literal["lz4", "zstd", "gzip", "snappy", "none"] = "lz4"
 
     # --- Worker -----------------------------------------------------------------------------
     app_id: str = "novaquota-enforcement"
@@ -84,6 +87,10 @@ class Settings(BaseSettings):
     kafka_data_dir: Path | None = None  # broker storage; None means <kafka_home>/data
     kafka_controller_port: int = Field(default=9093, ge=1, le=65535)  # KRaft CONTROLLER listener
     kafka_heap: str = "-Xmx512m -Xms256m"  # JVM heap flags of the local broker
+
+    @property
+    def compression_type(self) -> str | None:
+        return None if self.compression == "none" else self.compression
 
     @cached_property
     def topics(self) -> TopicNames:

@@ -187,3 +187,42 @@ def register(qa: QuotaApp, authenticate: Authenticator = allow_all) -> None:
         body = generate_latest(qa.metrics.registry)
         return self.bytes(body, content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
+    @app.page("/internal/usage")
+    async def internal_usage(self: web.View, request: web.Request) -> web.Response:
+        """Read-only debug dump of the tenants on this worker's active partitions (tests):
+        usage per entity (exact decimal strings), open episodes, quota count, watermark."""
+        from streams.enforce import TenantRecord
+
+        topic = qa.resource_events.get_topic_name()
+        parts = sorted(
+            tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic
+        )
+        store: Any = qa.tenants.data
+        tenants: dict[str, Any] = {}
+        for p in parts if hasattr(store, "_db_for_partition") else ():
+            for key, raw in store._db_for_partition(p).items():
+                if key.startswith(b"__faust"):  # Faust's changelog offset row
+                    continue
+                st = TenantRecord.from_bytes(raw).state
+                tenants[key.decode()] = {
+                    "partition": p,
+                    "watermark_us": st.watermark_us,
+                    "quotas": sum(len(per) for per in st.quotas.values()),
+                    "usage": {
+                        ek: {res: str(from_micros(a)) for res, a in per.items()}
+                        for ek, per in st.usage.items()
+                    },
+                    "open": {
+                        qk.replace("\x1f", "/"): {k: ep[0] for k, ep in per.items()}
+                        for qk, per in st.episodes.items()
+                        if per
+                    },
+                }
+        body = {
+            "partitions": parts,
+            "rebalancing": bool(app.rebalancing),
+            "recovered": app.tables.recovery.completed.is_set(),
+            "tenants": tenants,
+        }
+        return self.json(body)
+

@@ -477,10 +477,11 @@ def _consumption(
             )
         )
         return
-    if _seen(st, inp.source, inp.event_id):
+    if not cfg.external_dedup and _seen(st, inp.source, inp.event_id):
         return
     _advance(st, inp.time_us, cfg, out)
-    _remember(st, inp.source, inp.event_id, inp.time_us)
+    if not cfg.external_dedup:
+        _remember(st, inp.source, inp.event_id, inp.time_us)
     starts = window_starts(inp.time_us)
     res = inp.resource_type
     for ekey in _scope_chain(inp.scope):
@@ -654,10 +655,14 @@ def _quota_set(book: QuotaBook, inp: QuotaSet, cfg: Config, out: Out) -> None:
     if problem is not None:
         out.append(Rejected("invalid", problem))
         return
-    if _seen(book, inp.source, inp.event_id):
+    # One command can stand for several quota.set inputs (``template.applied`` expands into one
+    # per resource, all with the command's source and id), so the dedup key names the quota too.
+    ekey = entity_key(inp.level, inp.entity_id)
+    dedup_id = inp.event_id + SEP + ekey + SEP + inp.resource_type
+    if _seen(book, inp.source, dedup_id):
         return
     _advance(book, inp.time_us, cfg, out)
-    _remember(book, inp.source, inp.event_id, inp.time_us)
+    _remember(book, inp.source, dedup_id, inp.time_us)
     res = inp.resource_type
     window = inp.window
     if window is None and res in WINDOWED_RESOURCES:
@@ -680,7 +685,6 @@ def _quota_set(book: QuotaBook, inp: QuotaSet, cfg: Config, out: Out) -> None:
         inp.time_us,
         inp.event_id,
     ]
-    ekey = entity_key(inp.level, inp.entity_id)
     per = book.quotas.setdefault(ekey, {})
     before = per.get(res)
     per[res] = raw

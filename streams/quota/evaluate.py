@@ -20,6 +20,7 @@ from .state import (
     C_CAUSE,
     C_START,
     E_AT,
+    E_CAUSE,
     E_ID,
     E_WEND,
     Q_ACTION,
@@ -181,6 +182,7 @@ def _resolve(
             enforcement_action=raw[Q_ACTION] if raw else "deny",
             severity=SEVERITY[kind],
             reason=reason,
+            opened_cause_event_id=ep[E_CAUSE],
         )
     )
 

@@ -76,6 +76,8 @@ class ViolationResolved(_Dictable):
     enforcement_action: str
     severity: str
     reason: str
+    opened_cause_event_id: str = ""
+    """The episode's own cause (the ``cause_event_id`` of the ``ViolationOpened``)."""
 
     @property
     def event_id(self) -> str:
