@@ -50,9 +50,9 @@ def catalogue(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t.ticks, n, forever, "internal: event-time ticks (replayable)"),
         TopicSpec(
             t.system_totals,
-            1,
+            n,
             {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"},
-            "internal: per-worker absolute totals for system quotas",
+            "internal: per-partition absolute totals for system quotas",
         ),
     ]
 
@@ -86,7 +86,7 @@ async def create_topics(settings: Settings) -> dict[str, str]:
         if len(counts) != 1:
             raise TopicMismatchError(
                 f"the input topics {sorted(inputs)} must have the same partition count; "
-                f"found {({n: have.get(n) for n in sorted(inputs)})}"
+                f"found { ({n: have.get(n) for n in sorted(inputs)}) }"
             )
         missing = [s for s in specs if s.name not in have]
         for name in inputs & have.keys():

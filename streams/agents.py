@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from aiokafka.partitioner import murmur2
 
 from schemas.codec import Decoded, DecodeLimits, decode
@@ -59,6 +60,7 @@ def register(qa: QuotaApp) -> None:
         qa.quota_commands.get_topic_name(): "qc",
         qa.routed.get_topic_name(): "rt",
         qa.ticks.get_topic_name(): "tk",
+        qa.system_totals.get_topic_name(): "st",
     }
 
     def scan(prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
@@ -182,6 +184,8 @@ def register(qa: QuotaApp) -> None:
             qa.ticker.note(
                 msg.partition, tenant, enforcer.last_deadline, enforcer.last_watermark
             )
+            if enforcer.totals_delta:
+                qa.add_totals(msg.partition, enforcer.totals_delta)
             await send_all(emits)
         metrics.events_processed.labels(decoded.type, "accepted").inc()
         metrics.event_lag.observe(max(0.0, time.time() - decoded.time_us / 1e6))
@@ -199,12 +203,35 @@ def register(qa: QuotaApp) -> None:
                 async with order:
                     emits = enforcer.tick(tenant, tick_us, stream_id, msg.offset)
                     qa.ticker.note(msg.partition, tenant, enforcer.last_deadline, tick_us)
+                    if enforcer.totals_delta:
+                        qa.add_totals(msg.partition, enforcer.totals_delta)
                     await send_all(emits)
+
+    latest_totals: dict[str, tuple[dict[str, int], int]] = {}
+
+    async def consume_system_totals(stream: Any) -> None:
+        """On the owner of the tenant "system": sum the partitions' totals, evaluate."""
+        async for event in stream.events():
+            msg = event.message
+            body = orjson.loads(msg.value)
+            latest_totals[msg.key.decode()] = (
+                {r: int(a) for r, a in body["totals"].items()},
+                int(body["watermark_us"]),
+            )
+            summed: dict[str, int] = {}
+            for per, _wm in latest_totals.values():
+                for r, a in per.items():
+                    summed[r] = summed.get(r, 0) + a
+            wm = max(w for _t, w in latest_totals.values())
+            async with order:
+                emits = enforcer.system_totals(summed, wm, f"st:{msg.partition}", msg.offset)
+                await send_all(emits)
 
     app.agent(qa.resource_events, name="ingest-resource-events", concurrency=1)(consume)
     app.agent(qa.quota_commands, name="ingest-quota-commands", concurrency=1)(consume)
     app.agent(qa.routed, name="ingest-routed", concurrency=1)(consume)
     app.agent(qa.ticks, name="ticks", concurrency=1)(consume_ticks)
+    app.agent(qa.system_totals, name="system-totals", concurrency=1)(consume_system_totals)
 
 
 def _origin(msg: Any) -> tuple[str, int, int]:

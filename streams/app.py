@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import faust
+import orjson
 
 from streams.metrics import Metrics
 from streams.settings import Settings
@@ -84,6 +85,7 @@ class QuotaApp:
         self.quota_commands = raw_topic(t.quota_commands)
         self.routed = raw_topic(t.routed)
         self.ticks = raw_topic(t.ticks)
+        self.system_totals = raw_topic(t.system_totals)
         self.violations = raw_topic(t.quota_violations)
         self.alerts = raw_topic(t.quota_alerts)
         self.audit = raw_topic(t.audit)
@@ -119,6 +121,10 @@ class QuotaApp:
         # Custom templates (template.defined), readable by every worker.
         self.templates = table("templates", global_=True)
         self.ticker = Ticker(clock=time.time)
+        # Tenant-level totals of each owned partition (summed for system quotas), and the
+        # partitions whose tenants have been indexed since they were assigned.
+        self.partition_totals: dict[int, dict[str, int]] = {}
+        self.indexed: set[int] = set()
         self.enforcer: Any = None
 
         from streams import agents, web
@@ -142,45 +148,74 @@ class QuotaApp:
 
         def actives() -> set[int]:
             return {
-                tp.partition
-                for tp in app.assignor.assigned_actives()
-                if tp.topic == input_topic
+                tp.partition for tp in app.assignor.assigned_actives() if tp.topic == input_topic
             }
 
+        from streams.agents import home_partition
+
+        system_home = home_partition("system", self.settings.partitions)
+
         @app.timer(interval=1.0, on_leader=False)
-        async def send_ticks() -> None:
+        async def every_second() -> None:
             if app.rebalancing or not app.tables.recovery.completed.is_set():
                 return
-            for partition, tick_us in self.ticker.pending(actives()):
+            owned = actives()
+            self._index(owned - self.indexed)
+            for partition, tick_us in self.ticker.pending(owned & self.indexed):
                 await self.ticks.send(value=str(tick_us).encode(), partition=partition)
+            # absolute totals of each owned partition, for the owner of the tenant "system"
+            for p in sorted(owned & self.indexed):
+                body = {
+                    "totals": self.partition_totals.get(p, {}),
+                    "watermark_us": self.ticker.watermark.get(p, 0),
+                }
+                await self.system_totals.send(
+                    key=str(p).encode(), value=orjson.dumps(body), partition=system_home
+                )
 
         @app.on_partitions_revoked.connect
         async def on_revoked(app_: Any, revoked: set[Any], **kwargs: Any) -> None:
-            self.ticker.forget({tp.partition for tp in revoked if tp.topic == input_topic})
+            gone = {tp.partition for tp in revoked if tp.topic == input_topic}
+            self.ticker.forget(gone)
+            self.indexed -= gone
+            for p in gone:
+                self.partition_totals.pop(p, None)
             if self.enforcer is not None:
                 self.enforcer.forget()
 
-        @app.on_rebalance_complete.connect
-        async def on_rebalanced(app_: Any, **kwargs: Any) -> None:
-            self._rebuild_ticker(actives())
+    def add_totals(self, partition: int, delta: dict[str, int]) -> None:
+        if partition not in self.indexed:
+            return  # the index scan of this partition will count it
+        per = self.partition_totals.setdefault(partition, {})
+        for r, d in delta.items():
+            v = per.get(r, 0) + d
+            if v:
+                per[r] = v
+            else:
+                per.pop(r, None)
 
-    def _rebuild_ticker(self, partitions: set[int]) -> None:
-        """Index the deadlines of the tenants on newly owned partitions."""
-        from streams.enforce import TenantRecord
-        from streams.quota import next_deadline
+    def _index(self, partitions: set[int]) -> None:
+        """Scan the tenants of newly owned partitions: deadlines (ticks) and totals."""
+        from streams.enforce import SYSTEM, TenantRecord
+        from streams.quota import next_deadline, tenant_totals
 
         store: Any = self.tenants.data
         if not hasattr(store, "_db_for_partition"):
             return
-        for p in partitions - set(self.ticker.watermark):
+        for p in sorted(partitions):
+            totals: dict[str, int] = {}
             db = store._db_for_partition(p)
             for key, raw in db.items():
                 if key == store.offset_key:  # Faust's changelog offset row, not a tenant
                     continue
-                rec = TenantRecord.from_bytes(raw)
-                self.ticker.note(
-                    p, key.decode(), next_deadline(rec.state), rec.state.watermark_us
-                )
+                tenant = key.decode()
+                rec = TenantRecord.from_bytes(raw, system=tenant == SYSTEM)
+                self.ticker.note(p, tenant, next_deadline(rec.state), rec.state.watermark_us)
+                if tenant != SYSTEM:
+                    for r, a in tenant_totals(rec.tenant).items():
+                        totals[r] = totals.get(r, 0) + a
+            self.partition_totals[p] = totals
+            self.indexed.add(p)
 
 
 def _credentials(settings: Settings) -> Any:

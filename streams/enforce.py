@@ -42,6 +42,7 @@ from streams.translate import encode_output, to_inputs
 __all__ = ["Emit", "Enforcer", "InstanceRows", "Rejection", "TenantRecord", "instance_row_key"]
 
 SEP = "\x1f"
+SYSTEM = "system"
 OUTBOX_LIMIT = 64
 
 Table = MutableMapping[bytes, bytes]
@@ -76,7 +77,7 @@ def instance_row_key(tenant_id: str, instance_key: str) -> bytes:
 class TenantRecord:
     """What the tenants table holds per tenant: guard offsets, outbox, and the core state."""
 
-    state: q.TenantState
+    state: q.TenantState | q.SystemState
     guard: dict[str, int] = field(default_factory=dict)
     outbox: list[list[Any]] = field(default_factory=list)  # [stream, offset, [[topic, str]]]
 
@@ -85,14 +86,24 @@ class TenantRecord:
         return head + b"\n" + self.state.to_bytes()
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> TenantRecord:
+    def from_bytes(cls, raw: bytes, *, system: bool = False) -> TenantRecord:
         head, _, body = raw.partition(b"\n")
         h = orjson.loads(head)
-        return cls(q.TenantState.from_bytes(body), h.get("g", {}), h.get("o", []))
+        state: q.TenantState | q.SystemState = (
+            q.SystemState.from_bytes(body) if system else q.TenantState.from_bytes(body)
+        )
+        return cls(state, h.get("g", {}), h.get("o", []))
 
     @classmethod
     def new(cls, tenant_id: str) -> TenantRecord:
+        if tenant_id == SYSTEM:
+            return cls(q.SystemState())
         return cls(q.TenantState(tenant_id=tenant_id))
+
+    @property
+    def tenant(self) -> q.TenantState:
+        assert isinstance(self.state, q.TenantState)
+        return self.state
 
 
 class InstanceRows(MutableMapping[str, q.InstanceState]):
@@ -102,7 +113,9 @@ class InstanceRows(MutableMapping[str, q.InstanceState]):
     before that message (rule 3 of the module doc).
     """
 
-    def __init__(self, table: Table, scan: PrefixScan, tenant_id: str, marker: str, replay_ok: bool):
+    def __init__(
+        self, table: Table, scan: PrefixScan, tenant_id: str, marker: str, replay_ok: bool
+    ):
         self.table = table
         self.scan = scan
         self.tenant_id = tenant_id
@@ -221,6 +234,8 @@ class Enforcer:
         self.templates = templates
         self._cache: dict[str, tuple[bytes, TenantRecord]] = {}
         self.cache_size = cache_size
+        self.totals_delta: dict[str, int] = {}
+        """Change of the last processed tenant's tenant-level totals (for system totals)."""
         self.last_deadline: int | None = None
         """Next event-time deadline of the tenant stored last (for tick scheduling)."""
         self.last_watermark: int = 0
@@ -235,7 +250,7 @@ class Enforcer:
         hit = self._cache.get(tenant_id)
         if hit is not None and hit[0] == raw:
             return hit[1], raw
-        rec = TenantRecord.from_bytes(raw)
+        rec = TenantRecord.from_bytes(raw, system=tenant_id == SYSTEM)
         return rec, raw
 
     def _store(self, tenant_id: str, rec: TenantRecord) -> None:
@@ -267,6 +282,7 @@ class Enforcer:
             raise Rejection("invalid_field", str(exc)) from exc
         if not inputs:
             return []
+        self.totals_delta = {}
         rec, raw = self.load(tenant)
         marker = f"{stream}:{offset}"
         applied = rec.guard.get(stream, -1) >= offset
@@ -275,15 +291,20 @@ class Enforcer:
             return self._repair(tenant, rec, raw, rows, inputs, stream, offset)
         outputs: list[q.Output] = []
         seen: list[bytes] = []
+        system = isinstance(rec.state, q.SystemState)
+        before = None if system else q.tenant_totals(rec.tenant)
         try:
             for inp in inputs:
+                if isinstance(rec.state, q.SystemState):
+                    outputs.extend(q.apply_system(rec.state, inp, self.config))
+                    continue
                 if isinstance(inp, q.Consumption) and self.dedup is not None:
                     dk = f"{tenant}{SEP}{inp.source}{SEP}{inp.event_id}".encode()
                     mark = self.dedup.get(dk)
                     if mark is not None and mark != marker.encode():
                         continue  # a duplicate: it took effect before
                     seen.append(dk)
-                outputs.extend(q.apply(rec.state, rows, inp, self.config))
+                outputs.extend(q.apply(rec.tenant, rows, inp, self.config))
         except Exception:
             self._cache.pop(tenant, None)  # the cached object may be half-mutated
             raise
@@ -299,8 +320,14 @@ class Enforcer:
                 self.dedup[dk] = marker.encode()
         rec.guard[stream] = offset
         self._outbox(rec, stream, offset, emits)
-        if rec.state.purged:
-            self._purge(tenant, rows)
+        if before is not None:
+            after = q.tenant_totals(rec.tenant)
+            if after != before:
+                self.totals_delta = {
+                    r: after.get(r, 0) - before.get(r, 0) for r in {*before, *after}
+                }
+            if rec.tenant.purged:
+                self._purge(tenant, rows)
         self._store(tenant, rec)
         return emits
 
@@ -356,9 +383,7 @@ class Enforcer:
             if isinstance(out, q.Rejected):
                 continue
             topic, value = encode_output(out, cause_type=decoded.type, cause_source=decoded.source)
-            opened = (
-                (out.resource_type, out.kind) if isinstance(out, q.ViolationOpened) else None
-            )
+            opened = (out.resource_type, out.kind) if isinstance(out, q.ViolationOpened) else None
             emits.append(Emit(topic, key, value, opened))
         return emits
 
@@ -375,18 +400,50 @@ class Enforcer:
                 if s == stream and o == offset
                 for t, v in sent
             ]
-        rows = InstanceRows(self.instances, self.scan, tenant, f"{stream}:{offset}", True)
-        outputs = q.apply(rec.state, rows, q.Tick(time_us), self.config)
+        self.totals_delta = {}
+        if isinstance(rec.state, q.SystemState):
+            outputs = q.apply_system(rec.state, q.Tick(time_us), self.config)
+        else:
+            rows = InstanceRows(self.instances, self.scan, tenant, f"{stream}:{offset}", True)
+            before = q.tenant_totals(rec.tenant)
+            outputs = q.apply(rec.tenant, rows, q.Tick(time_us), self.config)
+            after = q.tenant_totals(rec.tenant)
+            if after != before:
+                self.totals_delta = {
+                    r: after.get(r, 0) - before.get(r, 0) for r in {*before, *after}
+                }
         emits = []
         for out in outputs:
             if isinstance(out, q.Rejected):
                 continue
             topic, value = encode_output(out, cause_type="tick", cause_source="novaquota/tick")
-            opened = (
-                (out.resource_type, out.kind) if isinstance(out, q.ViolationOpened) else None
-            )
+            opened = (out.resource_type, out.kind) if isinstance(out, q.ViolationOpened) else None
             emits.append(Emit(topic, tenant.encode(), value, opened))
         rec.guard[stream] = offset
         self._outbox(rec, stream, offset, emits)
         self._store(tenant, rec)
+        return emits
+
+    def system_totals(
+        self, totals: dict[str, int], time_us: int, stream: str, offset: int
+    ) -> list[Emit]:
+        """Evaluate system quotas against the summed totals of all partitions."""
+        rec, _raw = self.load(SYSTEM)
+        if rec.guard.get(stream, -1) >= offset:
+            return []
+        assert isinstance(rec.state, q.SystemState)
+        outputs = q.apply_system(rec.state, q.SystemTotals(totals, time_us), self.config)
+        emits = []
+        key = SYSTEM.encode()
+        for out in outputs:
+            if isinstance(out, q.Rejected):
+                continue
+            topic, value = encode_output(
+                out, cause_type="system.totals", cause_source="novaquota/system-totals"
+            )
+            opened = (out.resource_type, out.kind) if isinstance(out, q.ViolationOpened) else None
+            emits.append(Emit(topic, key, value, opened))
+        rec.guard[stream] = offset
+        self._outbox(rec, stream, offset, emits)
+        self._store(SYSTEM, rec)
         return emits

@@ -144,9 +144,7 @@ def to_inputs(
             )
         return [
             _quota_set(qs, d)
-            for qs in expand_template(
-                spec, data.level, data.entity_id, data.tenant_id, data.actor
-            )
+            for qs in expand_template(spec, data.level, data.entity_id, data.tenant_id, data.actor)
         ]
     if isinstance(data, cmd.ReservationCreated):
         return [
@@ -240,9 +238,7 @@ def _violation_data(v: q.ViolationOpened | q.ViolationResolved) -> dict[str, Any
         data["resolved_at"] = _iso(v.resolved_at_us)
         data["resolved_cause_event_id"] = v.cause_event_id or None
         # the episode's cause stays the one that opened it
-        data["cause_event_id"] = v.opened_cause_event_id if hasattr(
-            v, "opened_cause_event_id"
-        ) else v.cause_event_id
+        data["cause_event_id"] = v.opened_cause_event_id or v.cause_event_id
     return data
 
 
@@ -252,12 +248,44 @@ def _iso(time_us: int) -> str:
     return format_time_us(time_us)
 
 
-def _jsonable(value: Any) -> Any:
+_AMOUNT_KEYS = frozenset({"limit", "burst_limit", "amount", "used", "reserved"})
+
+
+def _human(value: Any, key: str = "") -> Any:
+    """Audit details in the contract's units: micro-units become exact decimals, ``*_us``
+    times become RFC 3339, so a reader never sees the core's internal integers."""
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            k = str(k)
+            if k.endswith("_micros") and isinstance(v, int):
+                out[k.removesuffix("_micros")] = from_micros(v)
+            elif k.endswith("_us") and isinstance(v, int):
+                out[k.removesuffix("_us")] = _iso(v)
+            elif k in ("resources", "usage", "totals"):
+                out[k] = _micro_leaves(v)
+            elif k in _AMOUNT_KEYS and isinstance(v, int):
+                out[k] = from_micros(v)
+            else:
+                out[k] = _human(v, k)
+        return out
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [_human(v, key) for v in value]
     return value
+
+
+def _micro_leaves(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _micro_leaves(v) for k, v in value.items()}
+    if isinstance(value, int) and not isinstance(value, bool):
+        return from_micros(value)
+    return value
+
+
+def _audit_value(subject: str, value: Any) -> Any:
+    if subject.startswith("usage/") and isinstance(value, int):
+        return from_micros(value)  # a usage correction: before/after are amounts
+    return _human(value)
 
 
 def encode_output(out: q.Output, *, cause_type: str, cause_source: str) -> tuple[str, bytes]:
@@ -305,15 +333,13 @@ def encode_output(out: q.Output, *, cause_type: str, cause_source: str) -> tuple
         "actor": out.actor or "unknown",
         "cause": {"source": cause_source, "id": out.cause_event_id, "type": cause_type},
         "tenant_id": out.tenant_id,
-        "details": _jsonable(
-            {
-                "action": out.action,
-                "subject": out.subject,
-                "before": out.before,
-                "after": out.after,
-                **({"reason": out.reason} if out.reason else {}),
-            }
-        ),
+        "details": {
+            "action": out.action,
+            "subject": out.subject,
+            "before": _audit_value(out.subject, out.before),
+            "after": _audit_value(out.subject, out.after),
+            **({"reason": out.reason} if out.reason else {}),
+        },
     }
     body = encode(audit_type, data, source=OUTPUT_SOURCE, id=out.audit_id, time_us=out.time_us)
     return topic, body

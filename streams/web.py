@@ -150,9 +150,7 @@ def register(qa: QuotaApp, authenticate: Authenticator = allow_all) -> None:
                     d[k] = _num(d.get(k))
                 d["used"] = _num(used)
                 d["reserved"] = _num(q.reserved_of(state, lvl, eid, res))
-                d["utilization"] = (
-                    round(used * 100 / quota.limit, 3) if quota.limit else None
-                )
+                d["utilization"] = round(used * 100 / quota.limit, 3) if quota.limit else None
                 d["tenant_id"] = tenant
                 rows.append(d)
         return {"tenant_id": tenant, "quotas": rows, "as_of": as_of}
@@ -194,9 +192,7 @@ def register(qa: QuotaApp, authenticate: Authenticator = allow_all) -> None:
         from streams.enforce import TenantRecord
 
         topic = qa.resource_events.get_topic_name()
-        parts = sorted(
-            tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic
-        )
+        parts = sorted(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic)
         store: Any = qa.tenants.data
         tenants: dict[str, Any] = {}
         for p in parts if hasattr(store, "_db_for_partition") else ():
@@ -225,4 +221,3 @@ def register(qa: QuotaApp, authenticate: Authenticator = allow_all) -> None:
             "tenants": tenants,
         }
         return self.json(body)
-

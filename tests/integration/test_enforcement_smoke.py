@@ -40,11 +40,15 @@ def test_over_limit_episode_opens_once_and_resolves(stack: Stack) -> None:
         ],
     )
     out = stack.wait_for(
-        lambda: [
-            e for e in stack.outputs("quota-violations", idle=1) if e["data"]["kind"] == "over_limit"
-        ]
-        if len(stack.outputs("quota-violations", idle=1)) >= 2
-        else None
+        lambda: (
+            [
+                e
+                for e in stack.outputs("quota-violations", idle=1)
+                if e["data"]["kind"] == "over_limit"
+            ]
+            if len(stack.outputs("quota-violations", idle=1)) >= 2
+            else None
+        )
     )
     types = [e["type"] for e in out]
     assert types == ["quota.violation", "quota.violation_resolved"]
@@ -57,3 +61,47 @@ def test_over_limit_episode_opens_once_and_resolves(stack: Stack) -> None:
     cpu = next(r for r in body["resources"] if r["resource_type"] == "cpu")
     assert cpu["used"] == 4
     assert cpu["utilization"] == 100.0
+
+
+def test_system_quota_sums_all_tenants(stack: Stack) -> None:
+    """System usage spans tenants on different partitions (DESIGN: per-partition totals)."""
+    stack.produce(
+        "quota-commands",
+        [
+            command(
+                "quota.set",
+                {"level": "system", "entity_id": "system", "resource_type": "cpu", "limit": 10},
+                t=0,
+            )
+        ],
+    )
+    tenants = [f"sys-{i}" for i in range(6)]  # spread over the 4 partitions
+    stack.produce(
+        "resource-events",
+        [vm_created(t, f"{t}-vm", cpu=2, t=10 + i) for i, t in enumerate(tenants)],
+    )
+
+    def opened() -> list[dict]:
+        return [
+            e
+            for e in stack.outputs("quota-violations", idle=1)
+            if e["data"]["tenant_id"] == "system"
+        ]
+
+    out = stack.wait_for(opened, timeout=90)
+    assert [e["type"] for e in out] == ["quota.violation"]
+    data = out[0]["data"]
+    assert (data["level"], data["kind"], data["limit"], data["usage"]) == (
+        "system",
+        "over_limit",
+        10,
+        12,
+    )
+    status, body = stack.get("/api/v1/quotas/utilization?level=system&entity_id=system")
+    assert status == 200
+    cpu = next(r for r in body["resources"] if r["resource_type"] == "cpu")
+    assert cpu["used"] == 12
+    # back under the limit: resolved once
+    stack.produce("resource-events", [vm_deleted(tenants[0], f"{tenants[0]}-vm", t=100)])
+    out = stack.wait_for(lambda: len(opened()) >= 2 and opened(), timeout=90)
+    assert [e["type"] for e in out] == ["quota.violation", "quota.violation_resolved"]

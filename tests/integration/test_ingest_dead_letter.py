@@ -60,9 +60,7 @@ def _scrape(worker: WorkerProcess) -> str:
 def test_bad_messages_go_to_dead_letter_good_ones_flow(
     kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
 ) -> None:
-    settings = Settings(
-        bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix, partitions=4
-    )
+    settings = Settings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix, partitions=4)
     asyncio.run(create_topics(settings))
     worker = WorkerProcess(
         bootstrap=kafka_bootstrap, topic_prefix=topic_prefix, data_dir=tmp_path, partitions=4
@@ -79,8 +77,13 @@ def test_bad_messages_go_to_dead_letter_good_ones_flow(
         topic = settings.topics.resource_events
         asyncio.run(produce_raw(kafka_bootstrap, topic, records))
         # a command topic message with a bad body too
-        asyncio.run(produce_raw(kafka_bootstrap, settings.topics.quota_commands,
-                                [(b"acme", b"\x00\x01binary", None)]))
+        asyncio.run(
+            produce_raw(
+                kafka_bootstrap,
+                settings.topics.quota_commands,
+                [(b"acme", b"\x00\x01binary", None)],
+            )
+        )
 
         dlq = asyncio.run(
             consume_all(kafka_bootstrap, settings.topics.dead_letter, expect=len(BAD) + 1)
