@@ -35,8 +35,8 @@ test: $(STAMP) ## the whole test suite; starts the local broker if none answers
 test-unit: $(STAMP) ## the pure unit tests only (no broker)
 	$(PY) -m pytest -p no:cacheprovider -m "not integration" $(PYTEST_ARGS)
 
-demo: $(STAMP) ## the main job: broker, topics, worker and a live demo workload
-	$(VENV)/bin/novaquota demo
+demo: $(STAMP) ## the main job: broker, topics, worker and a live workload (DURATION=seconds)
+	$(VENV)/bin/novaquota demo $(if $(DURATION),--duration $(DURATION))
 
 up: $(STAMP) ## start the local Kafka broker and create the topics
 	$(VENV)/bin/novaquota kafka start

@@ -88,6 +88,12 @@ def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     return bench.main(args, settings)
 
 
+def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from ops.demo import run_demo
+
+    return run_demo(settings, rate=args.rate, tenants=args.tenants, duration=args.duration)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="novaquota",
@@ -118,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
         "faust_args", nargs=argparse.REMAINDER, help="extra Faust worker options, after --"
     )
     p.set_defaults(func=_cmd_worker)
+
+    p = sub.add_parser("demo", help="the main job: broker, topics, worker and a live workload")
+    p.add_argument("--rate", type=float, default=200.0, help="resource events per second")
+    p.add_argument("--tenants", type=int, default=200)
+    p.add_argument("--duration", type=float, default=None, help="seconds (default: until Ctrl-C)")
+    p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("bench", help="throughput against the real broker (JSON report)")
     p.add_argument("--events", type=int, default=100_000, help="resource events to process")
