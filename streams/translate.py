@@ -71,7 +71,7 @@ def to_inputs(
     Raises ``UnknownTemplateError`` for a template nobody defined.
     """
     data: Any = d.data
-    common = {"time_us": d.time_us, "source": d.source, "event_id": d.id}
+    common: dict[str, Any] = {"time_us": d.time_us, "source": d.source, "event_id": d.id}
     if d.kind == "resource":
         t = d.type
         if t == "network.sampled":
@@ -329,7 +329,7 @@ def encode_output(out: q.Output, *, cause_type: str, cause_source: str) -> tuple
         return topic, body
     assert isinstance(out, q.Audit)
     audit_type = _AUDIT_TYPES.get(out.action, "audit.command_applied")
-    data = {
+    audit: dict[str, Any] = {
         "actor": out.actor or "unknown",
         "cause": {"source": cause_source, "id": out.cause_event_id, "type": cause_type},
         "tenant_id": out.tenant_id,
@@ -341,7 +341,7 @@ def encode_output(out: q.Output, *, cause_type: str, cause_source: str) -> tuple
             **({"reason": out.reason} if out.reason else {}),
         },
     }
-    body = encode(audit_type, data, source=OUTPUT_SOURCE, id=out.audit_id, time_us=out.time_us)
+    body = encode(audit_type, audit, source=OUTPUT_SOURCE, id=out.audit_id, time_us=out.time_us)
     return topic, body
 
 
