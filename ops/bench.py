@@ -96,21 +96,29 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _worker_rate(settings: Settings, expect: int, workdir: Path, timeout: float) -> dict[str, Any]:
+def _worker_rate(
+    settings: Settings,
+    expect: int,
+    workdir: Path,
+    timeout: float,
+    module: str = "ops.cli",
+    argv: tuple[str, ...] = ("worker",),
+) -> dict[str, Any]:
     port = _free_port()
     env = {
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
         "NOVAQUOTA_TOPIC_PREFIX": settings.topic_prefix,
         "NOVAQUOTA_PARTITIONS": str(settings.partitions),
-        "NOVAQUOTA_APP_ID": f"{settings.topic_prefix}bench",
+        "NOVAQUOTA_APP_ID": f"{settings.topic_prefix}{module}",
         "NOVAQUOTA_WEB_PORT": str(port),
         "NOVAQUOTA_DATA_DIR": str(workdir / "state"),
         "NOVAQUOTA_LOG_LEVEL": "WARNING",
     }
+    workdir.mkdir(parents=True, exist_ok=True)
     log = open(workdir / "worker.log", "wb")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ops.cli", "worker"],
+        [sys.executable, "-m", module, *argv],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -220,11 +228,18 @@ def run_bench(
     raw = asyncio.run(_raw_consume(s, t.resource_events, events))
     report["raw_consume"] = {"events_per_second": round(raw, 1)}
     workdir = Path(tempfile.mkdtemp(prefix="novaquota-bench-"))
-    enf = _worker_rate(s, events + len(commands), workdir, timeout)
-    enf["log"] = str(workdir / "worker.log")
+    # Faust's own ceiling: a bare agent counting the same topic (no decode, state or output)
+    base = _worker_rate(s, events, workdir / "baseline", timeout, "ops.bench_baseline", ())
+    report["faust_bare_agent"] = base
+    enf = _worker_rate(s, events + len(commands), workdir / "worker", timeout)
+    enf["log"] = str(workdir / "worker" / "worker.log")
     report["enforcement"] = enf
     if enf["events_per_second"]:
         report["enforcement"]["ratio_to_raw_consume"] = round(enf["events_per_second"] / raw, 4)
+        if base["events_per_second"]:
+            report["enforcement"]["ratio_to_faust_bare_agent"] = round(
+                enf["events_per_second"] / base["events_per_second"], 4
+            )
     report["targets"] = {"enforcement_events_per_second": 20_000, "ratio_to_raw_consume": 0.25}
     return report
 

@@ -135,8 +135,7 @@ def _view(
         f"({sent / max(secs, 1e-9):,.0f}/s offered)",
         "    outputs: " + ", ".join(f"{k}={v}" for k, v in sorted(kinds.items())) or "-",
         *("    " + r for r in recent),
-        f"    API {url}/api/v1/quotas/utilization?entity_id=tenant-000000   "
-        f"metrics {url}/metrics",
+        f"    API {url}/api/v1/quotas/utilization?entity_id=tenant-000000   metrics {url}/metrics",
     ]
     print("\n".join(lines), flush=True)
 

@@ -181,9 +181,7 @@ def register(qa: QuotaApp) -> None:
             except Rejection as exc:
                 await to_dead_letter(msg, exc.reason, exc.message)
                 return
-            qa.ticker.note(
-                msg.partition, tenant, enforcer.last_deadline, enforcer.last_watermark
-            )
+            qa.ticker.note(msg.partition, tenant, enforcer.last_deadline, enforcer.last_watermark)
             if enforcer.totals_delta:
                 qa.add_totals(msg.partition, enforcer.totals_delta)
             await send_all(emits)

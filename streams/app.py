@@ -93,7 +93,7 @@ class QuotaApp:
 
         def table(name: str, *, global_: bool = False, **extra: Any) -> Any:
             factory = self.app.GlobalTable if global_ else self.app.Table
-            tbl = factory(
+            tbl: Any = factory(
                 name,
                 key_type=bytes,
                 value_type=bytes,
@@ -157,7 +157,7 @@ class QuotaApp:
 
         @app.timer(interval=1.0, on_leader=False)
         async def every_second() -> None:
-            if app.rebalancing or not app.tables.recovery.completed.is_set():
+            if app.rebalancing or not tables_recovered(app):
                 return
             owned = actives()
             self._index(owned - self.indexed)
@@ -173,7 +173,6 @@ class QuotaApp:
                     key=str(p).encode(), value=orjson.dumps(body), partition=system_home
                 )
 
-        @app.on_partitions_revoked.connect
         async def on_revoked(app_: Any, revoked: set[Any], **kwargs: Any) -> None:
             gone = {tp.partition for tp in revoked if tp.topic == input_topic}
             self.ticker.forget(gone)
@@ -182,6 +181,9 @@ class QuotaApp:
                 self.partition_totals.pop(p, None)
             if self.enforcer is not None:
                 self.enforcer.forget()
+
+        # mode's signal stubs do not describe async receivers
+        app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
 
     def add_totals(self, partition: int, delta: dict[str, int]) -> None:
         if partition not in self.indexed:
@@ -216,6 +218,12 @@ class QuotaApp:
                         totals[r] = totals.get(r, 0) + a
             self.partition_totals[p] = totals
             self.indexed.add(p)
+
+
+def tables_recovered(app: faust.App) -> bool:
+    """True once table recovery (changelog replay) has finished after the last rebalance."""
+    tables: Any = app.tables
+    return bool(tables.recovery.completed.is_set())
 
 
 def _credentials(settings: Settings) -> Any:

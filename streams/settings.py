@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -96,9 +96,9 @@ class Settings(BaseSettings):
     def topics(self) -> TopicNames:
         return TopicNames(self.topic_prefix)
 
-    def kafka_client_config(self) -> dict[str, object]:
+    def kafka_client_config(self) -> dict[str, Any]:
         """Keyword arguments shared by every aiokafka client we create."""
-        cfg: dict[str, object] = {
+        cfg: dict[str, Any] = {
             "bootstrap_servers": self.bootstrap_servers,
             "security_protocol": self.security_protocol,
         }

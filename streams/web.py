@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from schemas.amounts import from_micros
 from schemas.common import format_time_us
 from streams import quota as q
+from streams.app import tables_recovered
 
 if TYPE_CHECKING:
     from streams.app import QuotaApp
@@ -170,7 +171,7 @@ def register(qa: QuotaApp, authenticate: Authenticator = allow_all) -> None:
     @app.page("/readyz")
     async def readyz(self: web.View, request: web.Request) -> web.Response:
         assigned = [tp for tp in app.assignor.assigned_actives()]
-        recovered = app.tables.recovery.completed.is_set()
+        recovered = tables_recovered(app)
         ready = bool(not app.rebalancing and assigned and recovered)
         body: dict[str, Any] = {
             "ready": ready,
@@ -189,7 +190,7 @@ def register(qa: QuotaApp, authenticate: Authenticator = allow_all) -> None:
     async def internal_usage(self: web.View, request: web.Request) -> web.Response:
         """Read-only debug dump of the tenants on this worker's active partitions (tests):
         usage per entity (exact decimal strings), open episodes, quota count, watermark."""
-        from streams.enforce import TenantRecord
+        from streams.enforce import SYSTEM, TenantRecord
 
         topic = qa.resource_events.get_topic_name()
         parts = sorted(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic)
@@ -197,9 +198,9 @@ def register(qa: QuotaApp, authenticate: Authenticator = allow_all) -> None:
         tenants: dict[str, Any] = {}
         for p in parts if hasattr(store, "_db_for_partition") else ():
             for key, raw in store._db_for_partition(p).items():
-                if key.startswith(b"__faust"):  # Faust's changelog offset row
+                if key.startswith(b"__faust") or key == SYSTEM.encode():  # not a tenant
                     continue
-                st = TenantRecord.from_bytes(raw).state
+                st = TenantRecord.from_bytes(raw).tenant
                 tenants[key.decode()] = {
                     "partition": p,
                     "watermark_us": st.watermark_us,
@@ -217,7 +218,7 @@ def register(qa: QuotaApp, authenticate: Authenticator = allow_all) -> None:
         body = {
             "partitions": parts,
             "rebalancing": bool(app.rebalancing),
-            "recovered": app.tables.recovery.completed.is_set(),
+            "recovered": tables_recovered(app),
             "tenants": tenants,
         }
         return self.json(body)
