@@ -7,7 +7,9 @@ events and commands are processed by the same owner; a mismatch is refused.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -16,7 +18,14 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from streams.settings import Settings
 
-__all__ = ["TopicMismatchError", "TopicSpec", "catalogue", "create_topics", "describe_topics"]
+__all__ = [
+    "TopicMismatchError",
+    "TopicSpec",
+    "catalogue",
+    "changelog_topics",
+    "create_topics",
+    "describe_topics",
+]
 
 FOREVER = "-1"
 THIRTY_DAYS_MS = str(30 * 24 * 3600 * 1000)
@@ -57,6 +66,29 @@ def catalogue(settings: Settings) -> list[TopicSpec]:
     ]
 
 
+#: The worker's tables; Faust names their changelog topics ``<app_id>-<table>-changelog``.
+CHANGELOG_TABLES: dict[str, dict[str, str]] = {
+    "tenants": {"cleanup.policy": "compact"},
+    "instances": {"cleanup.policy": "compact"},
+    "dedup": {"cleanup.policy": "compact,delete", "retention.ms": str(8 * 24 * 3600 * 1000)},
+    "templates": {"cleanup.policy": "compact"},
+}
+
+
+def changelog_topics(settings: Settings) -> list[TopicSpec]:
+    """Created up front: when a first worker creates them itself and joins its group a moment
+    later, Faust's assignor can miss a topic the broker does not list yet and never assign."""
+    return [
+        TopicSpec(
+            f"{settings.app_id}-{table}-changelog",
+            settings.partitions,
+            config,
+            f"internal: changelog of the worker's {table} table",
+        )
+        for table, config in CHANGELOG_TABLES.items()
+    ]
+
+
 def _admin(settings: Settings) -> AIOKafkaAdminClient:
     return AIOKafkaAdminClient(**settings.kafka_client_config(), request_timeout_ms=30000)
 
@@ -74,8 +106,9 @@ async def _existing_partitions(admin: AIOKafkaAdminClient, names: list[str]) -> 
 
 
 async def create_topics(settings: Settings) -> dict[str, str]:
-    """Create what is missing; return {topic: 'created' | 'exists'}."""
-    specs = catalogue(settings)
+    """Create what is missing and wait until the broker lists it; return
+    {topic: 'created' | 'exists'}."""
+    specs = catalogue(settings) + changelog_topics(settings)
     admin = _admin(settings)
     await admin.start()
     try:
@@ -107,13 +140,18 @@ async def create_topics(settings: Settings) -> dict[str, str]:
             ]
             with contextlib.suppress(TopicAlreadyExistsError):  # created concurrently: fine
                 await admin.create_topics(new)
+            deadline = time.monotonic() + 30
+            while not {s.name for s in missing} <= set(await admin.list_topics()):
+                if time.monotonic() > deadline:
+                    raise TopicMismatchError("created topics did not appear within 30 s")
+                await asyncio.sleep(0.2)
         return {s.name: ("created" if s in missing else "exists") for s in specs}
     finally:
         await admin.close()
 
 
 async def describe_topics(settings: Settings) -> list[dict[str, object]]:
-    specs = catalogue(settings)
+    specs = catalogue(settings) + changelog_topics(settings)
     admin = _admin(settings)
     await admin.start()
     try:

@@ -58,6 +58,8 @@ class QuotaApp:
             topic_allow_declare=True,
             table_standby_replicas=1,
             processing_guarantee="at_least_once",
+            broker_session_timeout=settings.session_timeout_seconds,
+            broker_heartbeat_interval=max(1.0, settings.session_timeout_seconds / 10),
             consumer_auto_offset_reset="earliest",
             producer_acks=-1,
             producer_compression_type=settings.compression_type,

@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     web_port: int = 6066
     data_dir: Path = Path("./var/worker")
     log_level: str = "INFO"
+    # A killed worker's partitions move after this long (Faust's default is 60 s).
+    session_timeout_seconds: float = Field(default=15.0, gt=1)
 
     # --- Validation limits (contract section 3) ---------------------------------------------
     max_amount: float = 1e12  # sanity cap on any single amount

@@ -35,7 +35,9 @@ class Ticker:
             due[tenant] = deadline
         if watermark > self.watermark.get(partition, -1):
             self.watermark[partition] = watermark
-            self.moved_at[partition] = self.clock()
+        # quiet means no input at all, not a watermark that stopped rising (a backfill or a
+        # shuffled replay must not be aged by the wall clock while it is still flowing)
+        self.moved_at[partition] = self.clock()
 
     def due(self, partition: int, tick_us: int) -> list[str]:
         due = self.deadlines.get(partition, {})

@@ -31,7 +31,10 @@ class Stack:
     @property
     def settings(self) -> Settings:
         return Settings(
-            bootstrap_servers=self.bootstrap, topic_prefix=self.prefix, partitions=self.partitions
+            bootstrap_servers=self.bootstrap,
+            topic_prefix=self.prefix,
+            partitions=self.partitions,
+            app_id=f"{self.prefix}enforcement",  # as WorkerProcess names its group
         )
 
     def topic(self, name: str) -> str:
