@@ -8,7 +8,7 @@ Authentication is pluggable (``Authenticator``); the default lets every request 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from faust import web
@@ -81,7 +81,7 @@ def register(qa: QuotaApp, authenticate: Authenticator = allow_all) -> None:
     async def routed(
         view: web.View,
         request: web.Request,
-        answer: Callable[[str, str, str, q.TenantState, dict[str, Any]], dict[str, Any]],
+        answer: Callable[..., dict[str, Any]],
     ) -> web.Response:
         try:
             tenant_id, level, entity_id = _entity(request)
@@ -99,13 +99,18 @@ def register(qa: QuotaApp, authenticate: Authenticator = allow_all) -> None:
             "offsets": rec.guard,
         }
         try:
-            body = answer(tenant_id, level, entity_id, state, as_of)
+            body = answer(tenant_id, level, entity_id, state, as_of, request.query)
         except ApiError as exc:
             return error(view, exc)
         return view.json(body)
 
     def utilization(
-        tenant: str, level: str, entity: str, state: q.TenantState, as_of: dict[str, Any]
+        tenant: str,
+        level: str,
+        entity: str,
+        state: q.TenantState,
+        as_of: dict[str, Any],
+        query: Mapping[str, str],
     ) -> dict[str, Any]:
         rows = []
         for row in q.utilization_view(state, level, entity):
@@ -134,8 +139,25 @@ def register(qa: QuotaApp, authenticate: Authenticator = allow_all) -> None:
         }
 
     def quotas(
-        tenant: str, level: str, entity: str, state: q.TenantState, as_of: dict[str, Any]
+        tenant: str,
+        level: str,
+        entity: str,
+        state: q.TenantState,
+        as_of: dict[str, Any],
+        query: Mapping[str, str],
     ) -> dict[str, Any]:
+        """The tenant's quotas (all levels for a tenant, else one entity's) with usage;
+        filters ``resource_type`` and ``status``; pages of ``page_size`` (1-1000, default
+        100) continued with the returned ``next_page_token``."""
+        want_res = query.get("resource_type")
+        want_status = query.get("status")
+        try:
+            size = int(query.get("page_size") or 100)
+            start = int(query.get("page_token") or 0)
+        except ValueError:
+            raise ApiError(400, "invalid_page", "page_size and page_token are integers") from None
+        if not 1 <= size <= 1000 or start < 0:
+            raise ApiError(400, "invalid_page", "page_size must be 1-1000, page_token >= 0")
         rows = []
         for ekey, per in sorted(state.quotas.items()):
             lvl, eid = q.split_entity_key(ekey)
@@ -143,18 +165,29 @@ def register(qa: QuotaApp, authenticate: Authenticator = allow_all) -> None:
                 continue
             for res in sorted(per):
                 quota = q.quota_of(state, lvl, eid, res)
-                if quota is None:
+                if quota is None or (want_res and res != want_res):
+                    continue
+                if want_status and quota.status != want_status:
                     continue
                 used = q.usage_of(state, lvl, eid, res)
                 d = quota.to_dict()
                 for k in ("limit", "burst_limit"):
                     d[k] = _num(d.get(k))
+                d["set_at"] = format_time_us(d.pop("set_at_us"))
                 d["used"] = _num(used)
                 d["reserved"] = _num(q.reserved_of(state, lvl, eid, res))
                 d["utilization"] = round(used * 100 / quota.limit, 3) if quota.limit else None
                 d["tenant_id"] = tenant
                 rows.append(d)
-        return {"tenant_id": tenant, "quotas": rows, "as_of": as_of}
+        page = rows[start : start + size]
+        more = start + size < len(rows)
+        return {
+            "tenant_id": tenant,
+            "quotas": page,
+            "total": len(rows),
+            "next_page_token": str(start + size) if more else None,
+            "as_of": as_of,
+        }
 
     @app.page("/api/v1/quotas/utilization")
     async def utilization_view(self: web.View, request: web.Request) -> web.Response:

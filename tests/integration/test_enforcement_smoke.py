@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.integration.conftest import Stack
@@ -105,3 +107,88 @@ def test_system_quota_sums_all_tenants(stack: Stack) -> None:
     stack.produce("resource-events", [vm_deleted(tenants[0], f"{tenants[0]}-vm", t=100)])
     out = stack.wait_for(lambda: len(opened()) >= 2 and opened(), timeout=90)
     assert [e["type"] for e in out] == ["quota.violation", "quota.violation_resolved"]
+
+
+def test_custom_template_budget_rate_limit_and_quota_listing(stack: Stack) -> None:
+    """template.defined then template.applied; budget.set and rate_limit.set are validated and
+    audited; the quota listing filters and pages."""
+    stack.produce(
+        "quota-commands",
+        [
+            command(
+                "template.defined",
+                {
+                    "name": "lab",
+                    "description": "a small lab",
+                    "quotas": [
+                        {"resource_type": "cpu", "limit": 6, "burst_limit": 8},
+                        {"resource_type": "gpu", "limit": 1},
+                        {"resource_type": "storage", "limit": 50, "limit_type": "soft"},
+                    ],
+                    "monthly_cost": 42,
+                },
+                t=0,
+            )
+        ],
+        key=lambda ev: b"system",
+    )
+    # the template must have reached every worker's global table before it is applied
+    time.sleep(3)
+    stack.produce(
+        "quota-commands",
+        [
+            command(
+                "template.applied",
+                {"template": "lab", "level": "tenant", "entity_id": "lab1", "tenant_id": "lab1"},
+                t=10,
+            ),
+            command(
+                "budget.set",
+                {"level": "tenant", "entity_id": "lab1", "tenant_id": "lab1", "monthly_usd": 500},
+                t=11,
+            ),
+            command(
+                "rate_limit.set",
+                {
+                    "level": "tenant",
+                    "entity_id": "lab1",
+                    "tenant_id": "lab1",
+                    "rate_per_second": 2.5,
+                    "burst": 10,
+                },
+                t=12,
+            ),
+        ],
+    )
+    body = stack.wait_for(
+        lambda: (b := stack.get("/api/v1/quotas?entity_id=lab1")[1]) and b.get("total") == 3 and b
+    )
+    by_res = {r["resource_type"]: r for r in body["quotas"]}
+    assert (by_res["cpu"]["limit"], by_res["cpu"]["burst_limit"]) == (6, 8)
+    assert by_res["storage"]["limit_type"] == "soft"
+    status, page = stack.get("/api/v1/quotas?entity_id=lab1&page_size=2")
+    assert status == 200 and len(page["quotas"]) == 2 and page["next_page_token"] == "2"
+    status, page = stack.get("/api/v1/quotas?entity_id=lab1&page_size=2&page_token=2")
+    assert len(page["quotas"]) == 1 and page["next_page_token"] is None
+    status, only = stack.get("/api/v1/quotas?entity_id=lab1&resource_type=gpu")
+    assert [r["resource_type"] for r in only["quotas"]] == ["gpu"]
+    status, bad = stack.get("/api/v1/quotas?entity_id=lab1&page_size=0")
+    assert status == 400 and bad["error"]["code"] == "invalid_page"
+
+    def audits() -> list[dict]:
+        return [e for e in stack.outputs("audit", idle=1) if e["data"]["tenant_id"] == "lab1"]
+
+    records = stack.wait_for(lambda: len(audits()) >= 5 and audits())
+    actions = sorted(r["data"]["details"]["action"] for r in records)
+    assert actions == [
+        "audit.budget_set",
+        "audit.quota_set",
+        "audit.quota_set",
+        "audit.quota_set",
+        "audit.rate_limit_set",
+    ]
+    budget = next(r for r in records if r["data"]["details"]["action"] == "audit.budget_set")
+    assert budget["data"]["actor"] == "tests"
+    assert budget["data"]["details"]["after"]["monthly_usd"] == 500
+    rate = next(r for r in records if r["data"]["details"]["action"] == "audit.rate_limit_set")
+    assert rate["data"]["details"]["after"]["rate_per_second"] == 2.5
