@@ -16,12 +16,8 @@ import asyncio
 import json
 import os
 import platform
-import signal
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -29,6 +25,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from ops.processes import events_processed, spawn, stop
 from ops.publish import make_producer
 from ops.topics import create_topics
 from ops.workload import Workload, WorkloadSpec
@@ -78,16 +75,6 @@ async def _raw_consume(settings: Settings, topic: str, expect: int) -> float:
         await cons.stop()
 
 
-def _processed(url: str) -> float:
-    with urllib.request.urlopen(url + "/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith("quota_events_processed_total{"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def _free_port() -> int:
     import socket
 
@@ -115,15 +102,7 @@ def _worker_rate(
         "NOVAQUOTA_DATA_DIR": str(workdir / "state"),
         "NOVAQUOTA_LOG_LEVEL": "WARNING",
     }
-    workdir.mkdir(parents=True, exist_ok=True)
-    log = open(workdir / "worker.log", "wb")  # noqa: SIM115 - handed to the child
-    proc = subprocess.Popen(
-        [sys.executable, "-m", module, *argv],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    proc = spawn(module, argv, env, workdir / "worker.log")
     url = f"http://127.0.0.1:{port}"
     samples: list[tuple[float, float]] = []
     cpu: list[float] = []
@@ -134,7 +113,7 @@ def _worker_rate(
                 tail = (workdir / "worker.log").read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"worker died:\n{tail}")
             try:
-                n = _processed(url)
+                n = events_processed(url)
             except OSError:
                 time.sleep(0.5)
                 continue
@@ -163,13 +142,7 @@ def _worker_rate(
             "worker_rss_mb": rss,
         }
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
+        stop(proc)
 
 
 def _cpu_seconds(pid: int) -> float:

@@ -7,9 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from collections import Counter
@@ -21,25 +18,13 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 
 from ops import kafka_local
+from ops.processes import events_processed, spawn, stop
 from ops.publish import make_producer
 from ops.topics import create_topics
 from ops.workload import Workload, WorkloadSpec
 from streams.settings import Settings
 
 __all__ = ["run_demo"]
-
-
-def _start_worker(settings: Settings, logdir: Path) -> subprocess.Popen[bytes]:
-    logdir.mkdir(parents=True, exist_ok=True)
-    log = open(logdir / "worker.log", "ab")  # noqa: SIM115 - handed to the child
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers}
-    return subprocess.Popen(
-        [sys.executable, "-m", "ops.cli", "worker"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
 
 
 def _ready(url: str) -> bool:
@@ -52,17 +37,9 @@ def _ready(url: str) -> bool:
 
 def _processed(url: str) -> int:
     try:
-        with urllib.request.urlopen(url + "/metrics", timeout=2) as resp:
-            text = resp.read().decode()
+        return int(events_processed(url, timeout=2))
     except OSError:
         return -1
-    return int(
-        sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith("quota_events_processed_total{")
-        )
-    )
 
 
 async def _drive(
@@ -148,7 +125,8 @@ def run_demo(settings: Settings, *, rate: float, tenants: int, duration: float |
         started_broker = True
     asyncio.run(create_topics(settings))
     url = f"http://{settings.web_host}:{settings.web_port}"
-    worker = _start_worker(settings, Path("var/demo"))
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers}
+    worker = spawn("ops.cli", ("worker",), env, Path("var/demo/worker.log"))
     print(f"worker starting (log: var/demo/worker.log), API and metrics on {url}")
     try:
         deadline = time.monotonic() + 120
@@ -161,12 +139,7 @@ def run_demo(settings: Settings, *, rate: float, tenants: int, duration: float |
     except KeyboardInterrupt:
         print("\nstopping ...")
     finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGTERM)
-            try:
-                worker.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
+        stop(worker)
         if started_broker:
             kafka_local.stop(settings)
     print("demo stopped; nothing left running")
