@@ -31,7 +31,7 @@ def kafka_bootstrap() -> Iterator[str]:
     if _docker_engine_answers():
         from testcontainers.kafka import KafkaContainer
 
-        with KafkaContainer("apache/kafka:3.9.1").with_kraft() as kafka:
+        with KafkaContainer("apache/kafka:4.4.0").with_kraft() as kafka:
             yield kafka.get_bootstrap_server()
         return
     from ops import kafka_local

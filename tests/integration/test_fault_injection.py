@@ -17,7 +17,6 @@ test's runtime and the per-tenant watermark of the reference is the right one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import random
@@ -33,8 +32,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.integration.conftest import Stack
 from tests.support import reference as ref
@@ -718,38 +716,7 @@ def expected_open_of(df: Any, wl: Workload) -> set[Key]:
     return ref.expected_open_over_limit(usage, quotas)
 
 
-async def _precreate_changelogs(stack: Stack) -> None:
-    """Create the Faust changelog topics before the first worker starts, and wait until the
-    broker's metadata lists them.
-
-    Works around a first-start race (Faust 0.15.3 + aiokafka 0.14 on KRaft): the worker creates
-    the changelog topics itself and joins the group a few ms later; when the broker's metadata
-    does not list the GlobalTable's changelog yet, Faust's assignor raises KeyError in
-    ``_global_table_standby_assignments`` ("Ignoring missing topic" is logged just before) and the
-    worker hangs forever without partitions.
-    """
-    group = f"{stack.prefix}enforcement"
-    names = [f"{group}-{t}-changelog" for t in ("tenants", "instances", "templates")]
-    admin = AIOKafkaAdminClient(bootstrap_servers=stack.bootstrap)
-    await admin.start()
-    try:
-        with contextlib.suppress(TopicAlreadyExistsError):
-            await admin.create_topics(
-                [
-                    NewTopic(n, stack.partitions, 1, topic_configs={"cleanup.policy": "compact"})
-                    for n in names
-                ]
-            )
-        deadline = time.monotonic() + 30
-        while not set(names) <= set(await admin.list_topics()):
-            assert time.monotonic() < deadline, "changelog topics never appeared"
-            await asyncio.sleep(0.2)
-    finally:
-        await admin.close()
-
-
 def start_with_quotas(stack: Stack, wl: Workload) -> WorkerProcess:
-    asyncio.run(_precreate_changelogs(stack))
     w = stack.start_worker(wait_ready=True, **FAST_FAILOVER)
     produce(stack, "quota-commands", encode(wl.commands))
     wait_quotas(stack, len(wl.limits))
