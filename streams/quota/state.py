@@ -24,6 +24,7 @@ Layouts (keys: ``ekey`` = entity key, ``qk`` = quota key, see ``units``):
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -128,7 +129,7 @@ class Reservation:
 
 
 @dataclass(slots=True)
-class QuotaBook:
+class QuotaBook(abc.ABC):
     """What tenant and system states share: quotas, episodes, clocks, alerts, deadlines."""
 
     tenant_id: str
