@@ -30,7 +30,7 @@ typecheck: $(STAMP) ## type-check (mypy)
 	$(VENV)/bin/mypy
 
 test: $(STAMP) ## the whole test suite; starts the local broker if none answers
-	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: $(STAMP) ## the pure unit tests only (no broker)
 	$(PY) -m pytest -p no:cacheprovider -m "not integration" $(PYTEST_ARGS)
