@@ -172,7 +172,13 @@ def run_bench(
     timeout: float = 900.0,
 ) -> dict[str, Any]:
     prefix = f"bench-{uuid.uuid4().hex[:8]}."
-    s = settings.model_copy(update={"topic_prefix": prefix, "partitions": partitions})
+    s = settings.model_copy(
+        update={
+            "topic_prefix": prefix,
+            "partitions": partitions,
+            "app_id": f"{prefix}ops.cli",  # the bench worker's group (see _worker_rate)
+        }
+    )
     s.__dict__.pop("topics", None)  # cached property of the copied settings
     asyncio.run(create_topics(s))
     wl = Workload(WorkloadSpec(tenants=tenants, seed=seed))

@@ -122,11 +122,13 @@ async def create_topics(settings: Settings) -> dict[str, str]:
                 f"found { ({n: have.get(n) for n in sorted(inputs)}) }"
             )
         missing = [s for s in specs if s.name not in have]
-        for name in inputs & have.keys():
+        co_partitioned = inputs | {c.name for c in changelog_topics(settings)}
+        for name in sorted(co_partitioned & have.keys()):
             if have[name] != settings.partitions:
                 raise TopicMismatchError(
                     f"{name} exists with {have[name]} partitions but NOVAQUOTA_PARTITIONS is "
-                    f"{settings.partitions}; use the existing count or new topic names"
+                    f"{settings.partitions}; use the existing count, another "
+                    "NOVAQUOTA_APP_ID / NOVAQUOTA_TOPIC_PREFIX, or delete the old topics"
                 )
         if missing:
             new = [

@@ -60,7 +60,12 @@ def _scrape(worker: WorkerProcess) -> str:
 def test_bad_messages_go_to_dead_letter_good_ones_flow(
     kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
 ) -> None:
-    settings = Settings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix, partitions=4)
+    settings = Settings(
+        bootstrap_servers=kafka_bootstrap,
+        topic_prefix=topic_prefix,
+        partitions=4,
+        app_id=f"{topic_prefix}enforcement",  # the worker's group: never the default names
+    )
     asyncio.run(create_topics(settings))
     worker = WorkerProcess(
         bootstrap=kafka_bootstrap, topic_prefix=topic_prefix, data_dir=tmp_path, partitions=4
