@@ -314,7 +314,7 @@ class Enforcer:
             self._cache.pop(tenant, None)
             r = rejected[0]
             raise Rejection(r.reason, r.message)
-        emits = self._emits(tenant, outputs, decoded)
+        emits = self._emits(tenant, outputs, decoded.type, decoded.source)
         if self.dedup is not None:
             for dk in seen:
                 self.dedup[dk] = marker.encode()
@@ -355,13 +355,7 @@ class Enforcer:
             elif isinstance(inp, q.Inventory):
                 keys.extend(item[0] for item in inp.instances)
         rows.repair(keys)
-        key = tenant.encode()
-        return [
-            Emit(topic, key, value.encode())
-            for s, o, sent in rec.outbox
-            if s == stream and o == offset
-            for topic, value in sent
-        ]
+        return self._resend(rec, tenant, stream, offset)
 
     def _outbox(self, rec: TenantRecord, stream: str, offset: int, emits: list[Emit]) -> None:
         """Keep what this message sent until its offset is committed (rule 2)."""
@@ -376,16 +370,29 @@ class Enforcer:
         for key in list(rows):
             del rows[key]
 
-    def _emits(self, tenant: str, outputs: list[q.Output], decoded: Decoded) -> list[Emit]:
+    def _emits(
+        self, tenant: str, outputs: list[q.Output], cause_type: str, cause_source: str
+    ) -> list[Emit]:
         key = tenant.encode()
         emits = []
         for out in outputs:
             if isinstance(out, q.Rejected):
                 continue
-            topic, value = encode_output(out, cause_type=decoded.type, cause_source=decoded.source)
+            topic, value = encode_output(out, cause_type=cause_type, cause_source=cause_source)
             opened = (out.resource_type, out.kind) if isinstance(out, q.ViolationOpened) else None
             emits.append(Emit(topic, key, value, opened))
         return emits
+
+    @staticmethod
+    def _resend(rec: TenantRecord, tenant: str, stream: str, offset: int) -> list[Emit]:
+        """What a replayed message sent the first time (from the outbox, rule 2)."""
+        key = tenant.encode()
+        return [
+            Emit(topic, key, value.encode())
+            for s, o, sent in rec.outbox
+            if s == stream and o == offset
+            for topic, value in sent
+        ]
 
     def tick(self, tenant: str, time_us: int, stream: str, offset: int) -> list[Emit]:
         """Advance one tenant's event time (tick records on the internal topic)."""
@@ -394,12 +401,7 @@ class Enforcer:
             return []
         if rec.guard.get(stream, -1) >= offset:
             self.tenants[tenant.encode()] = raw
-            return [
-                Emit(t, tenant.encode(), v.encode())
-                for s, o, sent in rec.outbox
-                if s == stream and o == offset
-                for t, v in sent
-            ]
+            return self._resend(rec, tenant, stream, offset)
         self.totals_delta = {}
         if isinstance(rec.state, q.SystemState):
             outputs = q.apply_system(rec.state, q.Tick(time_us), self.config)
@@ -412,13 +414,7 @@ class Enforcer:
                 self.totals_delta = {
                     r: after.get(r, 0) - before.get(r, 0) for r in {*before, *after}
                 }
-        emits = []
-        for out in outputs:
-            if isinstance(out, q.Rejected):
-                continue
-            topic, value = encode_output(out, cause_type="tick", cause_source="novaquota/tick")
-            opened = (out.resource_type, out.kind) if isinstance(out, q.ViolationOpened) else None
-            emits.append(Emit(topic, tenant.encode(), value, opened))
+        emits = self._emits(tenant, outputs, "tick", "novaquota/tick")
         rec.guard[stream] = offset
         self._outbox(rec, stream, offset, emits)
         self._store(tenant, rec)
@@ -433,16 +429,7 @@ class Enforcer:
             return []
         assert isinstance(rec.state, q.SystemState)
         outputs = q.apply_system(rec.state, q.SystemTotals(totals, time_us), self.config)
-        emits = []
-        key = SYSTEM.encode()
-        for out in outputs:
-            if isinstance(out, q.Rejected):
-                continue
-            topic, value = encode_output(
-                out, cause_type="system.totals", cause_source="novaquota/system-totals"
-            )
-            opened = (out.resource_type, out.kind) if isinstance(out, q.ViolationOpened) else None
-            emits.append(Emit(topic, key, value, opened))
+        emits = self._emits(SYSTEM, outputs, "system.totals", "novaquota/system-totals")
         rec.guard[stream] = offset
         self._outbox(rec, stream, offset, emits)
         self._store(SYSTEM, rec)
