@@ -12,6 +12,7 @@ Figures (JSON; ratios are against baselines measured in the same run, on the sam
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -223,7 +224,18 @@ def run_bench(
     return report
 
 
-def main(args: Any, settings: Settings) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="novaquota bench", description=__doc__.split("\n")[0])
+    p.add_argument("--events", type=int, default=100_000, help="resource events to process")
+    p.add_argument("--tenants", type=int, default=10_000)
+    p.add_argument("--partitions", type=int, default=12)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--out", help="also write the JSON report to this file")
+    return p
+
+
+def main(argv: list[str], settings: Settings) -> int:
+    args = build_parser().parse_args(argv)
     report = run_bench(
         settings,
         events=args.events,

@@ -14,8 +14,8 @@ import faust
 from faust import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from streams.app import FAUST_LOG_LEVELS
 from streams.metrics import Metrics
+from streams.runner import FAUST_LOG_LEVELS
 from streams.settings import Settings
 
 __all__ = ["main"]

@@ -77,7 +77,7 @@ def _cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.app import run_worker
+    from streams.runner import run_worker
 
     return run_worker(settings, extra_argv=args.faust_args)
 
@@ -85,13 +85,41 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     from ops import bench
 
-    return bench.main(args, settings)
+    return bench.main(args.rest, settings)
+
+
+def _cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
+    from ops import simulate
+
+    return simulate.main(args.rest, settings)
+
+
+def _cmd_projections(args: argparse.Namespace, settings: Settings) -> int:
+    from projections import cli
+
+    return cli.main(args.rest, settings)
+
+
+def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from projections import replay
+
+    return replay.main(args.rest, settings)
 
 
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from ops.demo import run_demo
+    from ops import demo
 
-    return run_demo(settings, rate=args.rate, tenants=args.tenants, duration=args.duration)
+    return demo.main(args.rest, settings)
+
+
+# These parse their own options (``novaquota bench --help``).
+DELEGATED = {
+    "demo": ("the main job: broker, topics, workers and a live workload", _cmd_demo),
+    "bench": ("benchmarks against the real broker (JSON report)", _cmd_bench),
+    "simulate": ("the seeded workload simulator (to Kafka or a JSON-lines file)", _cmd_simulate),
+    "projections": ("projection workers: analytics, forecasts, cost, reports", _cmd_projections),
+    "replay": ("rebuild state as of a time from the log: an audit report", _cmd_replay),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,24 +153,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_worker)
 
-    p = sub.add_parser("demo", help="the main job: broker, topics, worker and a live workload")
-    p.add_argument("--rate", type=float, default=200.0, help="resource events per second")
-    p.add_argument("--tenants", type=int, default=200)
-    p.add_argument("--duration", type=float, default=None, help="seconds (default: until Ctrl-C)")
-    p.set_defaults(func=_cmd_demo)
-
-    p = sub.add_parser("bench", help="throughput against the real broker (JSON report)")
-    p.add_argument("--events", type=int, default=100_000, help="resource events to process")
-    p.add_argument("--tenants", type=int, default=10_000)
-    p.add_argument("--partitions", type=int, default=12)
-    p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--out", help="also write the JSON report to this file")
-    p.set_defaults(func=_cmd_bench)
+    for name, (help_, func) in DELEGATED.items():
+        p = sub.add_parser(name, help=help_, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=func)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED:
+        args = argparse.Namespace(rest=argv[1:], func=DELEGATED[argv[0]][1])
+    else:
+        args = build_parser().parse_args(argv)
     settings = Settings()
     try:
         rc: int = args.func(args, settings)

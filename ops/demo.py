@@ -4,6 +4,7 @@ live workload, with a terminal view of what happens; Ctrl-C (or ``--duration``) 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
@@ -144,3 +145,12 @@ def run_demo(settings: Settings, *, rate: float, tenants: int, duration: float |
             kafka_local.stop(settings)
     print("demo stopped; nothing left running")
     return 0
+
+
+def main(argv: list[str], settings: Settings) -> int:
+    p = argparse.ArgumentParser(prog="novaquota demo", description=__doc__.split("\n")[0])
+    p.add_argument("--rate", type=float, default=200.0, help="resource events per second")
+    p.add_argument("--tenants", type=int, default=200)
+    p.add_argument("--duration", type=float, default=None, help="seconds (default: until Ctrl-C)")
+    args = p.parse_args(argv)
+    return run_demo(settings, rate=args.rate, tenants=args.tenants, duration=args.duration)

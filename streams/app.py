@@ -7,7 +7,6 @@ core (``streams.quota``), store, send. Everything a user can observe is declared
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from typing import Any
 
@@ -18,7 +17,7 @@ from streams.metrics import Metrics
 from streams.settings import Settings
 from streams.ticks import Ticker
 
-__all__ = ["QuotaApp", "create_app", "run_worker"]
+__all__ = ["QuotaApp", "create_app"]
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +147,9 @@ class QuotaApp:
         agents.register(self)
         web.register(self)
         self._register_timers()
+        from streams.observe import install
+
+        install(self)
 
     def _register_timers(self) -> None:
         app = self.app
@@ -259,34 +261,5 @@ def _credentials(settings: Settings) -> Any:
     return None
 
 
-FAUST_LOG_LEVELS = {
-    "CRITICAL": "crit",
-    "ERROR": "error",
-    "WARNING": "warn",
-    "WARN": "warn",
-    "INFO": "info",
-    "DEBUG": "debug",
-}
-
-
 def create_app(settings: Settings | None = None) -> QuotaApp:
     return QuotaApp(settings or Settings())
-
-
-def run_worker(settings: Settings, extra_argv: list[str] | None = None) -> int:
-    """Run a Faust worker in this process until it is stopped (SIGINT/SIGTERM)."""
-    qa = create_app(settings)
-    argv = [
-        "novaquota",
-        "worker",
-        "--loglevel",
-        FAUST_LOG_LEVELS.get(settings.log_level.upper(), "info"),
-        "--web-port",
-        str(settings.web_port),
-        "--web-host",
-        settings.web_host,
-    ]
-    extra = [a for a in (extra_argv or []) if a != "--"]
-    sys.argv = argv + extra
-    qa.app.main()
-    return 0

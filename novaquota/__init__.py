@@ -1,0 +1,1 @@
+"""The NovaCron Quota Stream Python client: ``from novaquota.client import QuotaClient``."""

@@ -1,0 +1,14 @@
+"""``novaquota projections``: the projection workers."""
+
+from __future__ import annotations
+
+import sys
+
+from streams.settings import Settings
+
+__all__ = ["main"]
+
+
+def main(argv: list[str], settings: Settings) -> int:
+    print("novaquota replay: not available yet", file=sys.stderr)
+    return 2
