@@ -239,6 +239,8 @@ class Enforcer:
         self.last_deadline: int | None = None
         """Next event-time deadline of the tenant stored last (for tick scheduling)."""
         self.last_watermark: int = 0
+        self.listeners: list[Callable[[str, TenantRecord], None]] = []
+        """Called with (tenant_id, record) after every stored change (metrics, caches)."""
 
     # -- state access ---------------------------------------------------------------------
 
@@ -261,6 +263,8 @@ class Enforcer:
         if len(self._cache) >= self.cache_size:
             self._cache.clear()
         self._cache[tenant_id] = (raw, rec)
+        for listener in self.listeners:
+            listener(tenant_id, rec)
 
     def forget(self) -> None:
         """Drop cached state (after a rebalance)."""

@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from schemas.amounts import from_micros
 from schemas.common import format_time_us
+from streams import observe
 from streams import quota as q
 from streams.app import tables_recovered
 
@@ -199,19 +200,12 @@ def register(qa: QuotaApp, authenticate: Authenticator = allow_all) -> None:
 
     @app.page("/healthz")
     async def healthz(self: web.View, request: web.Request) -> web.Response:
-        return self.json({"status": "ok"})
+        ok, body = await observe.health(qa)
+        return self.json(body, status=200 if ok else 503)
 
     @app.page("/readyz")
     async def readyz(self: web.View, request: web.Request) -> web.Response:
-        assigned = [tp for tp in app.assignor.assigned_actives()]
-        recovered = tables_recovered(app)
-        ready = bool(not app.rebalancing and assigned and recovered)
-        body: dict[str, Any] = {
-            "ready": ready,
-            "rebalancing": bool(app.rebalancing),
-            "tables_recovered": recovered,
-            "assigned_partitions": len(assigned),
-        }
+        ready, body = await observe.readiness(qa)
         return self.json(body, status=200 if ready else 503)
 
     @app.page("/metrics")
