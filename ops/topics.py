@@ -57,6 +57,7 @@ def catalogue(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t.dead_letter, n, month, "output: rejected input, original bytes"),
         TopicSpec(t.routed, n, forever, "internal: input re-keyed to its tenant's partition"),
         TopicSpec(t.ticks, n, forever, "internal: event-time ticks (replayable)"),
+        TopicSpec(t.admission, n, month, "internal: admission requests (reserve, release, TTL)"),
         TopicSpec(
             t.system_totals,
             n,

@@ -61,6 +61,7 @@ def register(qa: QuotaApp) -> None:
         qa.routed.get_topic_name(): "rt",
         qa.ticks.get_topic_name(): "tk",
         qa.system_totals.get_topic_name(): "st",
+        qa.admission.get_topic_name(): "ad",
     }
 
     def scan(prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
@@ -225,11 +226,33 @@ def register(qa: QuotaApp) -> None:
                 emits = enforcer.system_totals(summed, wm, f"st:{msg.partition}", msg.offset)
                 await send_all(emits)
 
+    desk = qa.desk
+
+    async def consume_admission(stream: Any) -> None:
+        """Check-and-reserve, release and TTL records of the check API, decided in order."""
+        async for event in stream.events():
+            msg = event.message
+            try:
+                body = orjson.loads(msg.value)
+                stream_id = f"ad:{msg.partition}"
+                async with order:
+                    result, emits = enforcer.admit(body, stream_id, msg.offset)
+                    await send_all(emits)
+            except Rejection as exc:
+                desk.resolve(body.get("request_id"), exc)
+                continue
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                # written only by the check API: a bad record is a bug, not user input
+                log.error("skipped a malformed admission record at %d: %r", msg.offset, exc)
+                continue
+            desk.resolve(body.get("request_id"), result)
+
     app.agent(qa.resource_events, name="ingest-resource-events", concurrency=1)(consume)
     app.agent(qa.quota_commands, name="ingest-quota-commands", concurrency=1)(consume)
     app.agent(qa.routed, name="ingest-routed", concurrency=1)(consume)
     app.agent(qa.ticks, name="ticks", concurrency=1)(consume_ticks)
     app.agent(qa.system_totals, name="system-totals", concurrency=1)(consume_system_totals)
+    app.agent(qa.admission, name="admission", concurrency=1)(consume_admission)
 
 
 def _origin(msg: Any) -> tuple[str, int, int]:

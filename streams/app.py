@@ -101,6 +101,7 @@ class QuotaApp:
         self.routed = raw_topic(t.routed)
         self.ticks = raw_topic(t.ticks)
         self.system_totals = raw_topic(t.system_totals)
+        self.admission = raw_topic(t.admission)
         self.violations = raw_topic(t.quota_violations)
         self.alerts = raw_topic(t.quota_alerts)
         self.audit = raw_topic(t.audit)
@@ -141,10 +142,24 @@ class QuotaApp:
         self.partition_totals: dict[int, dict[str, int]] = {}
         self.indexed: set[int] = set()
         self.enforcer: Any = None
+        self.checks: Any = None  # streams.checks.CheckService, made by web.register
+        from streams.admission import AdmissionDesk
+
+        self.desk = AdmissionDesk(self)
 
         from streams import agents, web
 
         agents.register(self)
+        n_parts = settings.partitions
+
+        def note_grants(tenant: str, rec: Any) -> None:
+            self.desk.note(agents.home_partition(tenant, n_parts), tenant, rec)
+
+        from streams.enforce import Enforcer
+
+        enforcer = self.enforcer
+        assert isinstance(enforcer, Enforcer)  # made by agents.register
+        enforcer.listeners.append(note_grants)
         web.register(self)
         self._register_timers()
         from streams.observe import install
@@ -181,6 +196,7 @@ class QuotaApp:
             self._index(owned - self.indexed)
             for partition, tick_us in self.ticker.pending(owned & self.indexed):
                 await self.ticks.send(value=str(tick_us).encode(), partition=partition)
+            await self.desk.expire_due(owned & self.indexed)
             # absolute totals of each owned partition, for the owner of the tenant "system"
             for p in sorted(owned & self.indexed):
                 body = {
@@ -195,6 +211,7 @@ class QuotaApp:
             gone = {tp.partition for tp in revoked if tp.topic == input_topic}
             self.ticker.forget(gone)
             self.indexed -= gone
+            self.desk.forget(gone)
             for p in gone:
                 self.partition_totals.pop(p, None)
             if self.enforcer is not None:
@@ -231,6 +248,7 @@ class QuotaApp:
                 tenant = key.decode()
                 rec = TenantRecord.from_bytes(raw, system=tenant == SYSTEM)
                 self.ticker.note(p, tenant, next_deadline(rec.state), rec.state.watermark_us)
+                self.desk.note(p, tenant, rec)
                 if tenant != SYSTEM:
                     for r, a in tenant_totals(rec.tenant).items():
                         totals[r] = totals.get(r, 0) + a

@@ -239,18 +239,23 @@ class Enforcer:
         self.last_deadline: int | None = None
         """Next event-time deadline of the tenant stored last (for tick scheduling)."""
         self.last_watermark: int = 0
+        self.last_load_hit = False
         self.listeners: list[Callable[[str, TenantRecord], None]] = []
         """Called with (tenant_id, record) after every stored change (metrics, caches)."""
 
     # -- state access ---------------------------------------------------------------------
 
     def load(self, tenant_id: str) -> tuple[TenantRecord, bytes | None]:
+        """The tenant's record as stored now. Parsed records are cached keyed by their stored
+        bytes, so a change (by this worker or a changelog restore) is never served stale."""
         raw = self.tenants.get(tenant_id.encode())
+        self.last_load_hit = False
         if raw is None:
             self._cache.pop(tenant_id, None)
             return TenantRecord.new(tenant_id), None
         hit = self._cache.get(tenant_id)
         if hit is not None and hit[0] == raw:
+            self.last_load_hit = True
             return hit[1], raw
         rec = TenantRecord.from_bytes(raw, system=tenant_id == SYSTEM)
         return rec, raw
@@ -423,6 +428,78 @@ class Enforcer:
         self._outbox(rec, stream, offset, emits)
         self._store(tenant, rec)
         return emits
+
+    def admit(self, body: dict[str, Any], stream: str, offset: int) -> tuple[Any, list[Emit]]:
+        """Apply one record of the internal admission topic (made by the check API):
+
+        - ``check``: decide a check that changes state (a reserve, or tokens); returns the
+          ``AdmissionResult``;
+        - ``release``: the client gives a grant back; returns the released ``Grant`` or None;
+        - ``expire``: the owner's clock passed TTLs; releases every grant expired at ``now_us``
+          and returns the list of them.
+
+        A record already applied (replay after a crash) changes nothing and returns None.
+        """
+        tenant = body["tenant_id"]
+        rec, raw = self.load(tenant)
+        if rec.guard.get(stream, -1) >= offset:
+            if raw is not None:
+                self.tenants[tenant.encode()] = raw
+            return None, self._resend(rec, tenant, stream, offset)
+        if isinstance(rec.state, q.SystemState):
+            raise Rejection("reserved_tenant", "'system' takes no admission requests")
+        st = rec.tenant
+        now = int(body["now_us"])
+        op = body["op"]
+        result: Any
+        outputs: list[q.Output] = []
+        try:
+            if op == "check":
+                req = q.AdmissionRequest(
+                    request_id=body["request_id"],
+                    scope=q.Scope(tenant, body.get("project_id"), body.get("user_id")),
+                    resources={r: int(a) for r, a in body["resources"].items()},
+                    now_us=now,
+                    reserve=bool(body.get("reserve")),
+                    ttl_us=int(body.get("ttl_us") or 300 * q.SEC_US),
+                    resource_id=body.get("resource_id"),
+                    idempotency_key=body.get("idempotency_key"),
+                    actor=body.get("actor") or "",
+                )
+                result, audits = q.decide_admission(st, req)
+                outputs.extend(audits)
+            elif op == "release":
+                result, audits = q.release_grant(
+                    st,
+                    body["grant_id"],
+                    "released",
+                    now_us=now,
+                    actor=body.get("actor") or "",
+                    cause=body["request_id"],
+                )
+                outputs.extend(audits)
+            elif op == "expire":
+                result = []
+                for gid in sorted(st.grants):
+                    grant, audits = q.release_grant(
+                        st, gid, "expired", now_us=now, actor="ttl", cause=body["request_id"]
+                    )
+                    if grant is not None:
+                        result.append(grant)
+                        outputs.extend(audits)
+            else:
+                raise Rejection("invalid_field", f"unknown admission op {op!r}")
+        except Exception:
+            self._cache.pop(tenant, None)
+            raise
+        emits = self._emits(tenant, outputs, f"admission.{op}", "novaquota/admission")
+        if raw is None and not st.grants and not st.admissions and not st.buckets:
+            self._cache.pop(tenant, None)
+            return result, emits  # an unknown tenant without a grant: nothing to keep
+        rec.guard[stream] = offset
+        self._outbox(rec, stream, offset, emits)
+        self._store(tenant, rec)
+        return result, emits
 
     def system_totals(
         self, totals: dict[str, int], time_us: int, stream: str, offset: int

@@ -32,6 +32,7 @@ class TopicNames:
         self.routed = f"{prefix}internal-routed"
         self.ticks = f"{prefix}internal-ticks"
         self.system_totals = f"{prefix}internal-system-totals"
+        self.admission = f"{prefix}internal-admission"
 
     def inputs(self) -> tuple[str, str]:
         return (self.resource_events, self.quota_commands)
@@ -78,6 +79,8 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     # A killed worker's partitions move after this long (Faust's default is 60 s).
     session_timeout_seconds: float = Field(default=15.0, gt=1)
+    # How long the check API waits for the tenant's agent to decide a reserve (then 503).
+    admission_timeout_seconds: float = Field(default=10.0, gt=0)
 
     # --- Validation limits (contract section 3) ---------------------------------------------
     max_amount: float = 1e12  # sanity cap on any single amount

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from faust import web
 from faust.exceptions import SameNode
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -75,6 +76,17 @@ def _entity(request: web.Request) -> tuple[str, str, str]:
 
 def register(qa: QuotaApp, authenticate: Authenticator = allow_all) -> None:
     app = qa.app
+
+    def json_response(
+        body: Any, *, status: int = 200, headers: dict[str, str] | None = None
+    ) -> web.Response:
+        return app.web.bytes(
+            orjson.dumps(body), content_type="application/json", status=status, headers=headers
+        )
+
+    from streams import checks
+
+    checks.register(qa, authenticate, json_response)
 
     def error(view: web.View, exc: ApiError) -> web.Response:
         return view.json({"error": {"code": exc.code, "message": exc.message}}, status=exc.status)

@@ -6,6 +6,17 @@ send the outputs. Amounts are int micro-units, times int microseconds (event tim
 
 from __future__ import annotations
 
+from .admission import (
+    AdmissionRequest,
+    AdmissionResult,
+    Grant,
+    convert_grants,
+    decide_admission,
+    grant_of,
+    needs_agent,
+    next_grant_expiry,
+    release_grant,
+)
 from .config import DEFAULT_CONFIG, Config
 from .decide import apply, apply_system
 from .exceptions import QuotaCoreError, StateVersionError
@@ -46,6 +57,7 @@ from .views import (
     LevelCheck,
     bucket_of,
     check,
+    check_system,
     next_deadline,
     quota_of,
     recompute_usage,
@@ -62,6 +74,8 @@ __all__ = [
     "MICRO",
     "SEC_US",
     "STATE_VERSION",
+    "AdmissionRequest",
+    "AdmissionResult",
     "Alert",
     "Allocation",
     "Audit",
@@ -71,6 +85,7 @@ __all__ = [
     "Config",
     "Consumption",
     "GaugeSample",
+    "Grant",
     "Input",
     "InstanceState",
     "Inventory",
@@ -100,13 +115,20 @@ __all__ = [
     "apply_system",
     "bucket_of",
     "check",
+    "check_system",
+    "convert_grants",
+    "decide_admission",
     "entity_key",
     "expired",
+    "grant_of",
+    "needs_agent",
     "new_bucket",
     "next_deadline",
+    "next_grant_expiry",
     "quota_of",
     "recompute_usage",
     "refill",
+    "release_grant",
     "reserved_of",
     "source_system_of",
     "split_entity_key",

@@ -374,6 +374,31 @@ def _audit(
 # --- resource events ----------------------------------------------------------------------------
 
 
+def convert_grants(
+    state: TenantState, instance_key: str, time_us: int, event_id: str
+) -> list[Audit]:
+    """The allocation of ``instance_key`` arrived: the admission grants made for it stop counting
+    as reserved (the allocation itself now counts as usage), in the same state update."""
+    bare = instance_key.split(":", 1)[1] if ":" in instance_key else instance_key
+    out = []
+    for gid in [g for g, raw in state.grants.items() if raw[4] in (bare, instance_key)]:
+        raw = state.grants.pop(gid)
+        out.append(
+            _audit(
+                state,
+                "audit.reservation_released",
+                "system",
+                event_id,
+                time_us,
+                f"grant/{gid}",
+                {"resources": raw[2], "resource_id": raw[4], "expires_us": raw[3]},
+                {"instance": instance_key},
+                "converted into usage by its allocation event",
+            )
+        )
+    return out
+
+
 def _current(st: TenantState, instances: Instances, key: str, cfg: Config) -> InstanceState | None:
     """The instance's state; a tombstone past its retention counts as unknown."""
     cur = instances.get(key)
@@ -397,8 +422,10 @@ def _allocation(
         return
     _advance(st, inp.time_us, cfg, out)
     key = inp.instance_key
-    old = _current(st, instances, key, cfg)
     release = bool(inp.release)
+    if st.grants and not release:
+        out.extend(convert_grants(st, key, inp.time_us, inp.event_id))
+    old = _current(st, instances, key, cfg)
     if old is not None and old.version >= (inp.time_us, release, inp.source, inp.event_id):
         return  # a duplicate, or older than what the instance already reflects
     resources = {} if release else {r: a for r, a in inp.resources.items() if a}

@@ -15,6 +15,9 @@ Layouts (keys: ``ekey`` = entity key, ``qk`` = quota key, see ``units``):
   seconds of the quota, so changing the seconds moves the expiry)
 - alerts[qk] = thresholds already fired and not yet re-armed
 - reservations[id] = [holder ekey, res, amount, start_us, end_us, purpose, actor, cause, at_us]
+- grants[id] = [project|None, user|None, {res: amount}, expires_us, resource_id|None,
+  idempotency_key|None, granted_at_us, actor]   (admission grants, wall-clock TTL)
+- admissions[idempotency_key] = [grant id|None, allowed 0|1, reason, at_us]  (repeat answers)
 - windows[qk] = [minute_start, count, hour_start, count, day_start, count, month_start, count]
 - gauges[interface] = [project|None, user|None, resources, time_us, source, event_id]
 - deadlines[item] = due_us, heap = [[due_us, item], ...] (lazy-deletion heap over deadlines);
@@ -216,6 +219,10 @@ class TenantState(QuotaBook):
     """ekey → ``Bucket.to_list()`` (written by admission)."""
     budgets: dict[str, list[Any]] = field(default_factory=dict)
     """ekey → [monthly_usd_micros, thresholds, set_at_us, cause_event_id]."""
+    grants: dict[str, list[Any]] = field(default_factory=dict)
+    """Admission grants held until their instance's allocation arrives or their TTL passes."""
+    admissions: dict[str, list[Any]] = field(default_factory=dict)
+    """idempotency key → the answer given, so a repeated request gets the same one."""
     purged: bool = False
 
     def used(self, ekey: str, res: str, window: str | None, now_us: int) -> int:
@@ -243,6 +250,20 @@ class TenantState(QuotaBook):
                     total += r[R_AMOUNT] - own
         return total
 
+    def granted(self, ekey: str, res: str, now_us: int) -> int:
+        """Held by admission grants not expired at ``now_us``, for the entity ``ekey``."""
+        if not self.grants:
+            return 0
+        code, eid = ekey[0], ekey[1:]
+        total = 0
+        for g in self.grants.values():
+            if g[3] <= now_us:  # expired: its release record is on its way
+                continue
+            if (code == "P" and g[0] != eid) or (code == "U" and g[1] != eid):
+                continue
+            total += g[2].get(res, 0)
+        return total
+
     def to_bytes(self) -> bytes:
         return orjson.dumps(
             {
@@ -264,6 +285,8 @@ class TenantState(QuotaBook):
                 "rl": self.rate_limits,
                 "bk": self.buckets,
                 "bg": self.budgets,
+                "gr": self.grants,
+                "ad": self.admissions,
                 "pg": self.purged,
             }
         )
@@ -290,6 +313,8 @@ class TenantState(QuotaBook):
             rate_limits=d["rl"],
             buckets=d["bk"],
             budgets=d["bg"],
+            grants=d.get("gr", {}),  # added in 0.2 without a version bump: absent means none
+            admissions=d.get("ad", {}),
             purged=d["pg"],
         )
 

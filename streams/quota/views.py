@@ -36,6 +36,7 @@ __all__ = [
     "LevelCheck",
     "bucket_of",
     "check",
+    "check_system",
     "next_deadline",
     "quota_of",
     "recompute_usage",
@@ -174,6 +175,8 @@ class LevelCheck:
     using_burst: bool
     allowed: bool
     warning: str | None = None
+    kind: str = "quota"
+    """``quota``, or ``rate_limit`` for a token bucket (limit = capacity, available = tokens)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -227,12 +230,40 @@ def check(
                 warnings.append(c.warning)
     if denials:
         return CheckResult(False, "; ".join(denials), checks, warnings)
-    reason = "within quota" if not warnings else "allowed with warnings: " + "; ".join(warnings)
+    bursting = [f"{c.level} {c.entity_id}: {c.resource_type}" for c in checks if c.using_burst]
+    reason = "within quota"
+    if bursting:
+        reason = "within the burst limit (above the limit) of " + ", ".join(bursting)
+    if warnings:
+        reason = "allowed with warnings: " + "; ".join(warnings)
     return CheckResult(True, reason, checks, warnings)
 
 
+def check_system(book: QuotaBook, resources: Mapping[str, int], now_us: int) -> CheckResult:
+    """System-level quotas against the system snapshot (not reserved atomically)."""
+    per = book.quotas.get(entity_key("system", "system"))
+    checks: list[LevelCheck] = []
+    denials: list[str] = []
+    warnings: list[str] = []
+    for res, requested in resources.items():
+        raw = per.get(res) if per is not None else None
+        if raw is None or raw[Q_STATUS] != ACTIVE:
+            continue
+        c = _check_one(
+            book, "system", "system", entity_key("system", "system"), res, raw, requested, now_us
+        )
+        checks.append(c)
+        if not c.allowed:
+            denials.append(c.warning or "")
+        elif c.warning:
+            warnings.append(c.warning)
+    if denials:
+        return CheckResult(False, "; ".join(denials), checks, warnings)
+    return CheckResult(True, "within quota", checks, warnings)
+
+
 def _check_one(
-    state: TenantState,
+    state: QuotaBook,
     level: str,
     entity_id: str,
     ekey: str,
@@ -244,6 +275,8 @@ def _check_one(
     limit, burst, ltype = raw[Q_LIMIT], raw[Q_BURST], raw[Q_TYPE]
     used = state.used(ekey, res, raw[Q_WINDOW], now_us)
     reserved = state.reserved(ekey, res, now_us)
+    if isinstance(state, TenantState):
+        reserved += state.granted(ekey, res, now_us)
     available = max(0, limit - used - reserved)
     clock = state.clocks.get(ekey + SEP + res)
     secs = raw[Q_GRACE_S] if ltype == SOFT else raw[Q_BURST_S]
