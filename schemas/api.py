@@ -93,6 +93,9 @@ class CheckResponse(BaseModel):
     reservation_id: str | None = None
     expires_at: str | None = None
     repeated: bool = False
+    """A repeated ``idempotency_key``: the answer first given (the same grant)."""
+    degraded: bool = False
+    """Made by the client, not the service: the service was unavailable (circuit breaker)."""
     as_of: dict[str, Any] = Field(default_factory=dict)
 
 
