@@ -141,6 +141,8 @@ class QuotaApp:
         # partitions whose tenants have been indexed since they were assigned.
         self.partition_totals: dict[int, dict[str, int]] = {}
         self.indexed: set[int] = set()
+        self.active_inputs: frozenset[int] = frozenset()
+        """Input partitions this worker owns as active (kept current on every rebalance)."""
         self.enforcer: Any = None
         self.checks: Any = None  # streams.checks.CheckService, made by web.register
         from streams.admission import AdmissionDesk
@@ -193,6 +195,7 @@ class QuotaApp:
             if app.rebalancing or not tables_recovered(app):
                 return
             owned = actives()
+            self.active_inputs = frozenset(owned)
             self._index(owned - self.indexed)
             for partition, tick_us in self.ticker.pending(owned & self.indexed):
                 await self.ticks.send(value=str(tick_us).encode(), partition=partition)
@@ -207,8 +210,12 @@ class QuotaApp:
                     key=str(p).encode(), value=orjson.dumps(body), partition=system_home
                 )
 
+        async def on_assigned(app_: Any, assigned: set[Any], **kwargs: Any) -> None:
+            self.active_inputs = frozenset(actives())
+
         async def on_revoked(app_: Any, revoked: set[Any], **kwargs: Any) -> None:
             gone = {tp.partition for tp in revoked if tp.topic == input_topic}
+            self.active_inputs = frozenset(self.active_inputs - gone)
             self.ticker.forget(gone)
             self.indexed -= gone
             self.desk.forget(gone)
@@ -219,6 +226,7 @@ class QuotaApp:
 
         # mode's signal stubs do not describe async receivers
         app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
+        app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
 
     def add_totals(self, partition: int, delta: dict[str, int]) -> None:
         if partition not in self.indexed:

@@ -20,6 +20,7 @@ During a rebalance, or when the tenant's agent does not answer in time, the answ
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -49,6 +50,11 @@ FORWARDED = "x-novaquota-forwarded"
 ACTOR = "x-novaquota-actor"
 SYSTEM_REFRESH_SECONDS = 1.0
 FORWARD_TIMEOUT = aiohttp.ClientTimeout(total=30)
+
+
+@functools.lru_cache(maxsize=4096)
+def _time(time_us: int) -> str:
+    return format_time_us(time_us)
 
 
 def _error_body(exc: ApiError) -> dict[str, Any]:
@@ -103,7 +109,10 @@ class CheckService:
         self.system_at = 0.0  # wall clock of the snapshot
         from streams.agents import home_partition
 
-        self.home = lambda tenant: home_partition(tenant, qa.settings.partitions)
+        partitions = qa.settings.partitions
+        self.home = functools.lru_cache(maxsize=65536)(
+            lambda tenant: home_partition(tenant, partitions)
+        )
         self._hits = 0
         self._lookups = 0
 
@@ -125,18 +134,23 @@ class CheckService:
         app = self.qa.app
         if app.rebalancing or not tables_recovered(app):
             raise ApiError(503, "rebalancing", "this worker is recovering its partitions")
-        topic = self.qa.resource_events.get_topic_name()
-        home = self.home(tenant)
-        if not any(
-            tp.topic == topic and tp.partition == home for tp in app.assignor.assigned_actives()
-        ):
+        if self.home(tenant) not in self.qa.active_inputs:
             raise ApiError(503, "rebalancing", "the tenant's partition is moving")
 
     # -- state ------------------------------------------------------------------------------
 
+    def _stored(self, tenant: str) -> bytes | None:
+        """The tenant's stored record, read straight from its partition's RocksDB (the table
+        API would probe every partition's database for a key)."""
+        store: Any = self.qa.tenants.data
+        if hasattr(store, "_db_for_partition"):
+            value: bytes | None = store._db_for_partition(self.home(tenant)).get(tenant.encode())
+            return value
+        return self.qa.tenants.get(tenant.encode())
+
     def tenant_state(self, tenant: str) -> tuple[q.TenantState, dict[str, Any]]:
         enforcer = self.qa.enforcer
-        rec, raw = enforcer.load(tenant)
+        rec, raw = enforcer.load(tenant, self._stored(tenant))
         self._lookups += 1
         if raw is not None and enforcer.last_load_hit:
             self._hits += 1
@@ -145,7 +159,7 @@ class CheckService:
             self._hits = self._lookups = 0
         st = rec.tenant
         as_of: dict[str, Any] = {
-            "event_time": format_time_us(st.watermark_us) if st.watermark_us else None,
+            "event_time": _time(st.watermark_us) if st.watermark_us else None,
             "offsets": dict(rec.guard),
         }
         return st, as_of
@@ -156,9 +170,7 @@ class CheckService:
         return {
             "available": True,
             "age_seconds": round(max(0.0, time.time() - self.system_at), 3),
-            "event_time": format_time_us(self.system.watermark_us)
-            if self.system.watermark_us
-            else None,
+            "event_time": _time(self.system.watermark_us) if self.system.watermark_us else None,
         }
 
     async def refresh_system(self) -> None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field, replace
+from types import EllipsisType
 from typing import Any
 
 import orjson
@@ -245,10 +246,14 @@ class Enforcer:
 
     # -- state access ---------------------------------------------------------------------
 
-    def load(self, tenant_id: str) -> tuple[TenantRecord, bytes | None]:
-        """The tenant's record as stored now. Parsed records are cached keyed by their stored
-        bytes, so a change (by this worker or a changelog restore) is never served stale."""
-        raw = self.tenants.get(tenant_id.encode())
+    def load(
+        self, tenant_id: str, raw: bytes | EllipsisType | None = ...
+    ) -> tuple[TenantRecord, bytes | None]:
+        """The tenant's record as stored now (or as ``raw``, its stored bytes, read by the
+        caller). Parsed records are cached keyed by their stored bytes, so a change (by this
+        worker or a changelog restore) is never served stale."""
+        if raw is ...:
+            raw = self.tenants.get(tenant_id.encode())
         self.last_load_hit = False
         if raw is None:
             self._cache.pop(tenant_id, None)

@@ -46,10 +46,12 @@ class ApiError(Exception):
 
 
 def _num(micros: int | None) -> float | int | None:
+    """Micro-units as a JSON number in contract units: an int when whole, else the float
+    nearest the exact decimal (what ``float(Decimal)`` gives, without the Decimal)."""
     if micros is None:
         return None
-    d = from_micros(micros)
-    return int(d) if d == d.to_integral_value() else float(d)
+    whole, frac = divmod(micros, 1_000_000)
+    return whole if frac == 0 else micros / 1_000_000
 
 
 def _entity(request: web.Request) -> tuple[str, str, str]:

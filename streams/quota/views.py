@@ -161,7 +161,7 @@ def store_bucket(state: TenantState, level: str, entity_id: str, bucket: Bucket)
 # --- admission check (contract §6) ---------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per check on the hot path, never mutated
 class LevelCheck:
     level: str
     entity_id: str
