@@ -286,8 +286,8 @@ def _check_one(
     using_burst = False
     allowed = True
     warning: str | None = None
-    who = f"{level} {entity_id}"
     if requested > available:
+        who = f"{level} {entity_id}"
         within_burst = burst is not None and requested <= burst - used - reserved
         if within_burst and not clock_expired:
             using_burst = True
