@@ -222,6 +222,12 @@ def register(qa: QuotaApp, authenticate: Authenticator = allow_all) -> None:
         ready, body = await observe.readiness(qa)
         return self.json(body, status=200 if ready else 503)
 
+    @app.page("/api/v1/openapi.json")
+    async def openapi(self: web.View, request: web.Request) -> web.Response:
+        from streams.openapi import openapi_document
+
+        return json_response(openapi_document(str(app.conf.canonical_url)))
+
     @app.page("/metrics")
     async def metrics(self: web.View, request: web.Request) -> web.Response:
         body = generate_latest(qa.metrics.registry)
