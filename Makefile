@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install fmt lint typecheck test test-unit demo up down topics clean
+.PHONY: help install fmt lint typecheck test test-unit tools demo up down topics clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -29,8 +29,11 @@ lint: $(STAMP) ## lint (ruff)
 typecheck: $(STAMP) ## type-check (mypy)
 	$(VENV)/bin/mypy
 
-test: $(STAMP) ## the whole test suite; starts the local broker if none answers
+test: $(STAMP) tools ## the whole test suite; starts the local broker if none answers
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+tools: ## promtool for the alert-rule tests (built once with Go; fetches Go if missing)
+	@bash ops/tools/promtool.sh >/dev/null
 
 test-unit: $(STAMP) ## the pure unit tests only (no broker)
 	$(PY) -m pytest -p no:cacheprovider -m "not integration" $(PYTEST_ARGS)

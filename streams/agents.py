@@ -108,7 +108,9 @@ def register(qa: QuotaApp) -> None:
 
     order = asyncio.Lock()
 
-    async def to_dead_letter(msg: Any, reason: str, message: str) -> None:
+    async def to_dead_letter(
+        msg: Any, reason: str, message: str, event_id: str | None = None
+    ) -> None:
         headers = [h for h in (msg.headers or ()) if h[0] != ORIGIN_HEADER]
         origin = _origin(msg)
         await qa.dead_letter.send(
@@ -126,7 +128,17 @@ def register(qa: QuotaApp) -> None:
         metrics.dead_letter.labels(reason).inc()
         metrics.events_processed.labels("invalid", reason).inc()
         log.warning(
-            "dead-lettered %s[%d]@%d: %s: %s", origin[0], origin[1], origin[2], reason, message
+            "dead-lettered %s[%d]@%d: %s: %s",
+            *origin,
+            reason,
+            message,
+            extra={
+                "reason": reason,
+                "topic": origin[0],
+                "partition": origin[1],
+                "offset": origin[2],
+                **({"event_id": event_id} if event_id else {}),
+            },
         )
 
     async def send_all(emits: list[Emit]) -> None:
@@ -180,7 +192,7 @@ def register(qa: QuotaApp) -> None:
             try:
                 emits = enforcer.process(_with_tenant(decoded, tenant), stream, msg.offset)
             except Rejection as exc:
-                await to_dead_letter(msg, exc.reason, exc.message)
+                await to_dead_letter(msg, exc.reason, exc.message, decoded.id)
                 return
             qa.ticker.note(msg.partition, tenant, enforcer.last_deadline, enforcer.last_watermark)
             if enforcer.totals_delta:

@@ -11,7 +11,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "TopicNames"]
@@ -82,6 +82,12 @@ class Settings(BaseSettings):
     # How long the check API waits for the tenant's agent to decide a reserve (then 503).
     admission_timeout_seconds: float = Field(default=10.0, gt=0)
 
+    # --- Observability ----------------------------------------------------------------------
+    log_format: str = "json"  # json or text (any case)
+    metrics_top_n: int = Field(default=50, ge=0)  # per-entity series: the N most utilized
+    ready_max_lag: int = Field(default=100_000, ge=0)  # /readyz: consumer lag bound (0: none)
+    health_broker_timeout_seconds: float = Field(default=60.0, gt=0)
+
     # --- Validation limits (contract section 3) ---------------------------------------------
     max_amount: float = 1e12  # sanity cap on any single amount
     max_clock_skew_seconds: float = 300.0  # event time ahead of record timestamp
@@ -92,6 +98,14 @@ class Settings(BaseSettings):
     kafka_data_dir: Path | None = None  # broker storage; None means <kafka_home>/data
     kafka_controller_port: int = Field(default=9093, ge=1, le=65535)  # KRaft CONTROLLER listener
     kafka_heap: str = "-Xmx512m -Xms256m"  # JVM heap flags of the local broker
+
+    @field_validator("log_format")
+    @classmethod
+    def _log_format(cls, v: str) -> str:
+        fmt = v.strip().lower()
+        if fmt not in ("json", "text"):
+            raise ValueError(f"log format must be one of json, text, not {v!r}")
+        return fmt
 
     @property
     def compression_type(self) -> str | None:
