@@ -1,0 +1,160 @@
+"""HTTP API of the projection worker (contract section 6, default port 6067)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from projections import views
+from projections.exceptions import QueryError
+from projections.worker import ProjectionWorker
+
+__all__ = ["Authenticator", "allow_all", "build_app"]
+
+#: Called with the request and the tenant a view is about; raises ``QueryError`` (404) to deny.
+Authenticator = Callable[[web.Request, str], None]
+
+
+def allow_all(request: web.Request, tenant_id: str) -> None:
+    """No authentication (local development); deployments pass their own."""
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(body, option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY),
+        status=status,
+        content_type="application/json",
+    )
+
+
+def _error(exc: QueryError) -> web.Response:
+    return _json({"error": {"code": exc.code, "message": exc.message}}, exc.status)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def build_app(worker: ProjectionWorker, authenticate: Authenticator = allow_all) -> web.Application:
+    def positions() -> dict[str, int]:
+        return {f"{t}:{p}": off for (t, p), off in sorted(worker.positions.items())}
+
+    def entity(request: web.Request, entity_id: str | None) -> tuple[str, str, str]:
+        if not entity_id:
+            raise QueryError("missing_entity", "entity_id is required")
+        key = views.entity_key(
+            entity_id, request.query.get("level"), request.query.get("tenant_id")
+        )
+        authenticate(request, key[0])
+        return key
+
+    def guarded(fn: Callable[[web.Request], dict[str, Any]]) -> Handler:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            try:
+                return _json(fn(request))
+            except QueryError as exc:
+                return _error(exc)
+
+        return handler
+
+    def history(request: web.Request) -> dict[str, Any]:
+        q = request.query
+        return views.history(
+            worker.state,
+            entity(request, request.match_info["entity_id"]),
+            resource_type=q.get("resource_type") or None,
+            start=q.get("start"),
+            end=q.get("end"),
+            step=q.get("step"),
+            positions=positions(),
+        )
+
+    def analytics(request: web.Request) -> dict[str, Any]:
+        q = request.query
+        return views.analytics(
+            worker.state,
+            entity(request, request.match_info["entity_id"]),
+            worker.catalogue,
+            start=q.get("start"),
+            end=q.get("end"),
+            horizon_hours=worker.psettings.forecast_horizon_hours,
+            positions=positions(),
+        )
+
+    def overview(request: web.Request) -> dict[str, Any]:
+        return views.overview(
+            worker.state,
+            entity(request, request.query.get("entity_id")),
+            worker.catalogue,
+            positions(),
+        )
+
+    def recommendation(request: web.Request) -> dict[str, Any]:
+        days = request.query.get("days", "30")
+        if not days.isdigit() or not 1 <= int(days) <= 366:
+            raise QueryError("invalid_days", "days: an integer 1-366")
+        return views.template_recommendation(
+            worker.state,
+            entity(request, request.query.get("entity_id")),
+            days=int(days),
+            positions=positions(),
+        )
+
+    def cost(request: web.Request) -> dict[str, Any]:
+        key = entity(request, request.match_info["entity_id"])
+        body = views.cost_view(worker.state, key, worker.catalogue)
+        body["recommendations"] = views.recommendations(worker.state, key, worker.catalogue)
+        body["as_of"] = {"event_time": views.format_us(worker.state.watermark)}
+        return body
+
+    def pricing(request: web.Request) -> dict[str, Any]:
+        return worker.catalogue.describe()
+
+    def status(request: web.Request) -> dict[str, Any]:
+        return status_body(worker)
+
+    async def healthz(request: web.Request) -> web.StreamResponse:
+        return _json({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.StreamResponse:
+        ready = worker.caught_up()
+        return _json({"ready": ready, **status_body(worker)}, 200 if ready else 503)
+
+    async def metrics(request: web.Request) -> web.StreamResponse:
+        body = generate_latest(worker.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/api/v1/quotas/usage/{entity_id}/history", guarded(history))
+    app.router.add_get("/api/v1/quotas/analytics/{entity_id}", guarded(analytics))
+    app.router.add_get("/api/v1/quotas/overview", guarded(overview))
+    app.router.add_get("/api/v1/quotas/templates/recommendation", guarded(recommendation))
+    app.router.add_get("/api/v1/quotas/cost/{entity_id}", guarded(cost))
+    app.router.add_get("/api/v1/pricing", guarded(pricing))
+    app.router.add_get("/api/v1/projections/status", guarded(status))
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+def status_body(worker: ProjectionWorker) -> dict[str, Any]:
+    st = worker.status
+    behind = {
+        f"{t}:{p}": max(0, end - worker.positions.get((t, p), 0))
+        for (t, p), end in sorted(worker.targets.items())
+    }
+    return {
+        "ready": st.ready,
+        "folded": st.folded,
+        "rejected": st.rejected,
+        "batches": st.batches,
+        "emitted": st.emitted,
+        "watermark": views.format_us(worker.state.watermark) if worker.state.watermark else None,
+        "positions": {f"{t}:{p}": off for (t, p), off in sorted(worker.positions.items())},
+        "behind_start_targets": behind,
+        "group_id": worker.group_id,
+    }
