@@ -149,9 +149,9 @@ def main(argv: list[str], settings: Settings) -> int:
     args = build_parser().parse_args(argv)
     if args.action == "status":
         return _status(args.url)
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from streams.logs import configure_logging
+
+    configure_logging(settings)  # JSON lines by default, like the workers (NOVAQUOTA_LOG_FORMAT)
     try:
         psettings = _psettings(args)
         return asyncio.run(
