@@ -29,12 +29,14 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import orjson
 from faust import web
+from faust.exceptions import SameNode
 from pydantic import ValidationError
 
 from schemas.amounts import to_micros
 from schemas.api import MAX_BATCH, BatchCheckRequest, CheckRequest
 from schemas.codec import encode
 from schemas.common import format_time_us
+from schemas.exceptions import DecodeError
 from streams import quota as q
 from streams.admission import AdmissionTimeout, now_us
 from streams.app import tables_recovered
@@ -453,7 +455,7 @@ def register(
                 authenticate(request, tenant)
                 try:
                     return await app.router.route_req(qa.tenants.name, tenant, self.web, request)
-                except web_same_node:
+                except SameNode:
                     pass
                 svc.ensure_serving(tenant)
                 st, as_of = svc.tenant_state(tenant)
@@ -554,8 +556,6 @@ def register(
                 return fail(ApiError(503, "unavailable", "the tenant's agent did not answer"))
 
     async def publish_command(type_: str, tenant: str, data: dict[str, Any]) -> str:
-        from schemas.exceptions import DecodeError
-
         command_id = str(uuid.uuid4())
         try:
             value = encode(type_, data, source="novaquota/api", id=command_id, time_us=now_us())
@@ -570,8 +570,6 @@ def register(
             rec, raw = qa.enforcer.load(SYSTEM)
             state = orjson.loads(rec.state.to_bytes()) if raw is not None else None
             return json_response({"state": state, "at": time.time()})
-
-    from faust.exceptions import SameNode as web_same_node
 
     app.page("/api/v1/quotas/check")(CheckView)
     app.page("/api/v1/quotas/check:batch")(BatchView)

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
-from .decide import convert_grants
+from .decide import audit_record, convert_grants
 from .ids import det_id
 from .inputs import Scope
 from .outputs import Audit
@@ -133,31 +133,6 @@ def _chain(scope: Scope) -> list[tuple[str, str]]:
     return levels
 
 
-def _audit(
-    state: TenantState,
-    action: str,
-    actor: str,
-    cause: str,
-    t: int,
-    gid: str,
-    before: Any,
-    after: Any,
-    reason: str = "",
-) -> Audit:
-    return Audit(
-        audit_id=det_id("audit", state.tenant_id, action, cause, gid, t),
-        tenant_id=state.tenant_id,
-        action=action,
-        actor=actor,
-        cause_event_id=cause,
-        time_us=t,
-        subject=f"grant/{gid}",
-        before=before,
-        after=after,
-        reason=reason,
-    )
-
-
 def _take_tokens(
     state: TenantState, scope: Scope, amount: int, now_us: int
 ) -> tuple[list[LevelCheck], str | None, list[tuple[str, str, Any]]]:
@@ -245,13 +220,13 @@ def decide_admission(
         grant = grant_of(state, gid)
         assert grant is not None
         outputs.append(
-            _audit(
+            audit_record(
                 state,
                 "audit.reservation_granted",
                 req.actor,
                 req.request_id,
                 now,
-                gid,
+                f"grant/{gid}",
                 None,
                 grant.to_dict(),
             )
@@ -299,5 +274,7 @@ def release_grant(
     del state.grants[grant_id]
     action = "audit.reservation_expired" if how == "expired" else "audit.reservation_released"
     reason = "TTL passed before the allocation arrived" if how == "expired" else "released"
-    audit = _audit(state, action, actor, cause, now_us, grant_id, grant.to_dict(), None, reason)
+    audit = audit_record(
+        state, action, actor, cause, now_us, f"grant/{grant_id}", grant.to_dict(), None, reason
+    )
     return grant, [audit]

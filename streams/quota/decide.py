@@ -238,7 +238,7 @@ def _add(
                 # Only reachable if the instance and tenant tables disagree (e.g. a non-atomic
                 # write); usage never goes negative, and the clamp is audited.
                 out.append(
-                    _audit(
+                    audit_record(
                         st,
                         "audit.correction",
                         "system",
@@ -346,7 +346,7 @@ def _remember(book: QuotaBook, source: str, event_id: str, t: int) -> None:
     book.dedup[source + SEP + event_id] = t
 
 
-def _audit(
+def audit_record(
     book: QuotaBook,
     action: str,
     actor: str,
@@ -384,7 +384,7 @@ def convert_grants(
     for gid in [g for g, raw in state.grants.items() if raw[4] in (bare, instance_key)]:
         raw = state.grants.pop(gid)
         out.append(
-            _audit(
+            audit_record(
                 state,
                 "audit.reservation_released",
                 "system",
@@ -556,7 +556,7 @@ def _inventory(
         instances[key] = new
         _move(st, old, new, touched, inp.time_us, inp.event_id, out)
         out.append(
-            _audit(
+            audit_record(
                 st,
                 "audit.correction",
                 f"inventory:{system}",
@@ -629,7 +629,7 @@ def _reconcile(
             before, after = have.get(res, 0), want.get(res, 0)
             if before != after:
                 out.append(
-                    _audit(
+                    audit_record(
                         st,
                         "audit.correction",
                         inp.actor,
@@ -716,7 +716,7 @@ def _quota_set(book: QuotaBook, inp: QuotaSet, cfg: Config, out: Out) -> None:
     before = per.get(res)
     per[res] = raw
     out.append(
-        _audit(
+        audit_record(
             book,
             "audit.quota_set",
             inp.actor,
@@ -742,7 +742,7 @@ def _quota_deleted(book: QuotaBook, inp: QuotaDeleted, cfg: Config, out: Out) ->
     if per is not None and not per:
         del book.quotas[ekey]
     out.append(
-        _audit(
+        audit_record(
             book,
             "audit.quota_deleted",
             inp.actor,
@@ -816,7 +816,7 @@ def _reservation_created(
             set_deadline(st, "s" + rid, inp.start_us)
         set_deadline(st, "e" + rid, inp.end_us)
     out.append(
-        _audit(
+        audit_record(
             st,
             "audit.reservation_created",
             inp.actor,
@@ -849,7 +849,7 @@ def _reservation_cancelled(
     rid = inp.reservation_id
     old = _drop_reservation(st, rid)
     out.append(
-        _audit(
+        audit_record(
             st,
             "audit.reservation_cancelled",
             inp.actor,
@@ -887,7 +887,7 @@ def _rate_limit_set(
     if bucket is not None:  # keep its tokens, capped by the new capacity
         st.buckets[ekey] = [rate, burst, min(bucket[2], burst), bucket[3], bucket[4]]
     out.append(
-        _audit(
+        audit_record(
             st,
             "audit.rate_limit_set",
             inp.actor,
@@ -917,7 +917,7 @@ def _budget_set(
     raw = [inp.monthly_usd_micros, list(inp.thresholds), inp.time_us, inp.event_id]
     st.budgets[ekey] = raw
     out.append(
-        _audit(
+        audit_record(
             st,
             "audit.budget_set",
             inp.actor,
@@ -965,7 +965,7 @@ def _tenant_deleted(
     for key in keys:
         del instances[key]
     out.append(
-        _audit(
+        audit_record(
             st,
             "audit.tenant_deleted",
             inp.actor,

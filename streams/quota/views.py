@@ -203,26 +203,37 @@ def check(
 ) -> CheckResult:
     """May ``scope`` take ``resources`` now? Every level (user, project, tenant) that has an
     active quota must allow every resource; system quotas are checked by the caller from the
-    system snapshot."""
+    system snapshot (``check_system``)."""
     levels = []
     if scope.user_id is not None:
         levels.append(("user", scope.user_id))
     if scope.project_id is not None:
         levels.append(("project", scope.project_id))
     levels.append(("tenant", scope.tenant_id))
+    return _check_levels(state, levels, resources, now_us)
+
+
+def check_system(book: QuotaBook, resources: Mapping[str, int], now_us: int) -> CheckResult:
+    """System-level quotas against the system snapshot (not reserved atomically)."""
+    return _check_levels(book, [("system", "system")], resources, now_us)
+
+
+def _check_levels(
+    book: QuotaBook, levels: list[tuple[str, str]], resources: Mapping[str, int], now_us: int
+) -> CheckResult:
     checks: list[LevelCheck] = []
     denials: list[str] = []
     warnings: list[str] = []
     for level, entity_id in levels:
         ekey = entity_key(level, entity_id)
-        per = state.quotas.get(ekey)
+        per = book.quotas.get(ekey)
         if per is None:
             continue
         for res, requested in resources.items():
             raw = per.get(res)
             if raw is None or raw[Q_STATUS] != ACTIVE:
                 continue
-            c = _check_one(state, level, entity_id, ekey, res, raw, requested, now_us)
+            c = _check_one(book, level, entity_id, ekey, res, raw, requested, now_us)
             checks.append(c)
             if not c.allowed:
                 denials.append(c.warning or "")
@@ -237,29 +248,6 @@ def check(
     if warnings:
         reason = "allowed with warnings: " + "; ".join(warnings)
     return CheckResult(True, reason, checks, warnings)
-
-
-def check_system(book: QuotaBook, resources: Mapping[str, int], now_us: int) -> CheckResult:
-    """System-level quotas against the system snapshot (not reserved atomically)."""
-    per = book.quotas.get(entity_key("system", "system"))
-    checks: list[LevelCheck] = []
-    denials: list[str] = []
-    warnings: list[str] = []
-    for res, requested in resources.items():
-        raw = per.get(res) if per is not None else None
-        if raw is None or raw[Q_STATUS] != ACTIVE:
-            continue
-        c = _check_one(
-            book, "system", "system", entity_key("system", "system"), res, raw, requested, now_us
-        )
-        checks.append(c)
-        if not c.allowed:
-            denials.append(c.warning or "")
-        elif c.warning:
-            warnings.append(c.warning)
-    if denials:
-        return CheckResult(False, "; ".join(denials), checks, warnings)
-    return CheckResult(True, "within quota", checks, warnings)
 
 
 def _check_one(
