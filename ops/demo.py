@@ -1,5 +1,9 @@
-"""``novaquota demo``: the main job. A local broker, the topics, an enforcement worker and a
-live workload, with a terminal view of what happens; Ctrl-C (or ``--duration``) stops it all.
+"""``novaquota demo``: the main job. A local broker, the topics, an enforcement worker, the
+projection worker and a live simulated workload (every tier, daily seasonality compressed into
+``--day-seconds``, a few misbehaving tenants), with a terminal view of what happens.
+
+Ctrl-C (or ``--duration``) stops it all: the workload, the projection worker, the enforcement
+worker and, if the demo started it, the broker. Nothing is left running.
 """
 
 from __future__ import annotations
@@ -8,32 +12,55 @@ import argparse
 import asyncio
 import contextlib
 import os
+import signal
+import subprocess
 import time
-import urllib.request
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer
 
 from ops import kafka_local
-from ops.processes import events_processed, spawn, stop
+from ops.processes import events_processed, http_status, spawn, stop
 from ops.publish import make_producer
 from ops.topics import create_topics
-from ops.workload import Workload, WorkloadSpec
+from ops.workload import US, Workload, WorkloadSpec, iso_us, tenant_key
 from streams.settings import Settings
 
-__all__ = ["run_demo"]
+__all__ = ["DemoOptions", "main", "run_demo"]
+
+STRUCTURED = [("content-type", b"application/cloudevents+json")]
 
 
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/readyz", timeout=2) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False
+class DemoOptions:
+    """What ``novaquota demo`` was asked for (see ``--help``)."""
+
+    def __init__(
+        self,
+        *,
+        rate: float = 200.0,
+        tenants: int = 200,
+        duration: float | None = None,
+        seed: int | None = None,
+        day_seconds: float = 600.0,
+        misbehaving: float = 0.05,
+        projections_port: int = 6067,
+        log_dir: Path = Path("var/demo"),
+    ) -> None:
+        self.rate = rate
+        self.tenants = tenants
+        self.duration = duration
+        # a fresh seed per run by default: the same ids again would be deduplicated
+        self.seed = seed if seed is not None else int(time.time())
+        self.day_seconds = day_seconds
+        self.misbehaving = misbehaving
+        self.projections_port = projections_port
+        self.log_dir = log_dir
 
 
 def _processed(url: str) -> int:
@@ -43,11 +70,25 @@ def _processed(url: str) -> int:
         return -1
 
 
-async def _drive(
-    settings: Settings, url: str, rate: float, tenants: int, duration: float | None
-) -> None:
-    now = datetime.now(UTC)
-    wl = Workload(WorkloadSpec(tenants=tenants, seed=11, start=now, events_per_second=rate))
+def _paced(wl: Workload, wall0: float, ev0_us: int) -> Iterator[tuple[float, dict[str, Any]]]:
+    """(wall-clock due time, event): event time runs with the wall clock."""
+    while True:
+        ev = wl.next_event()
+        yield wall0 + (wl.time_us - ev0_us) / US, ev
+
+
+async def _drive(settings: Settings, url: str, opts: DemoOptions, urls: list[str]) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    wl = Workload(
+        WorkloadSpec(
+            tenants=opts.tenants,
+            seed=opts.seed,
+            start=now,
+            events_per_second=opts.rate,
+            day_seconds=opts.day_seconds,
+            misbehaving=opts.misbehaving,
+        )
+    )
     prod = make_producer(settings)
     t = settings.topics
     cons = AIOKafkaConsumer(
@@ -77,22 +118,34 @@ async def _drive(
     watcher = asyncio.create_task(watch())
     try:
         for ev in wl.setup_commands():
-            await prod.send(t.quota_commands, orjson.dumps(ev), key=_key(ev))
+            await prod.send(
+                t.quota_commands, orjson.dumps(ev), key=tenant_key(ev), headers=STRUCTURED
+            )
+        bad = ", ".join(wl.tenant(i) for i in sorted(wl.misbehaving)) or "none"
+        tiers = Counter(wl.tier_of(i) for i in range(opts.tenants))
+        mix = ", ".join(f"{k} {v}" for k, v in tiers.items())
+        print(f"quotas applied for {opts.tenants} tenants ({mix}); misbehaving: {bad}", flush=True)
         started = time.monotonic()
         sent = 0
         last_print = 0.0
-        events = wl.events(10**12)
-        while duration is None or time.monotonic() - started < duration:
-            due = int((time.monotonic() - started) * rate)
-            while sent < due:
-                ev = next(events)
-                ev["time"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-                await prod.send(t.resource_events, orjson.dumps(ev), key=_key(ev))
+        events = _paced(wl, started, wl.time_us)
+        due, ev = next(events)
+        while opts.duration is None or time.monotonic() - started < opts.duration:
+            while due <= time.monotonic():
+                ev["time"] = iso_us(min(_event_us(ev), int(time.time() * US)))
+                await prod.send(
+                    t.resource_events, orjson.dumps(ev), key=tenant_key(ev), headers=STRUCTURED
+                )
                 sent += 1
+                due, ev = next(events)
             if time.monotonic() - last_print >= 2:
                 last_print = time.monotonic()
-                _view(sent, _processed(url), kinds, recent, time.monotonic() - started, url)
-            await asyncio.sleep(0.05)
+                secs = time.monotonic() - started
+                phase = wl.phase(wl.time_us)
+                _view(
+                    sent, _processed(url), kinds, recent, secs, phase, wl.rate_at(wl.time_us), urls
+                )
+            await asyncio.sleep(min(0.05, max(0.0, due - time.monotonic())))
     finally:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -101,56 +154,139 @@ async def _drive(
         await cons.stop()
 
 
-def _key(ev: dict[str, Any]) -> bytes:
-    return str(ev["data"].get("tenant_id", "system")).encode()
+def _event_us(ev: dict[str, Any]) -> int:
+    dt = datetime.strptime(ev["time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    return int(dt.timestamp()) * US + dt.microsecond
 
 
 def _view(
-    sent: int, processed: int, kinds: Counter[str], recent: list[str], secs: float, url: str
+    sent: int,
+    processed: int,
+    kinds: Counter[str],
+    recent: list[str],
+    secs: float,
+    phase: float,
+    rate: float,
+    urls: list[str],
 ) -> None:
+    hour = (phase + 1) / 2
+    bar = "#" * int(hour * 20)
     lines = [
         f"--- novaquota demo  {secs:6.0f}s  published {sent:,}  processed {processed:,}  "
-        f"({sent / max(secs, 1e-9):,.0f}/s offered)",
-        "    outputs: " + ", ".join(f"{k}={v}" for k, v in sorted(kinds.items())) or "-",
+        f"offered now {rate:,.0f}/s  day [{bar:<20}]",
+        "    outputs: " + (", ".join(f"{k}={v}" for k, v in sorted(kinds.items())) or "-"),
         *("    " + r for r in recent),
-        f"    API {url}/api/v1/quotas/utilization?entity_id=tenant-000000   metrics {url}/metrics",
+        *("    " + u for u in urls),
     ]
     print("\n".join(lines), flush=True)
 
 
-def run_demo(settings: Settings, *, rate: float, tenants: int, duration: float | None) -> int:
+def _start_projections(
+    env: dict[str, str], opts: DemoOptions
+) -> tuple[subprocess.Popen[bytes] | None, str]:
+    """Start ``novaquota projections run``; if it exits at once, go on without it."""
+    log = opts.log_dir / "projections.log"
+    proc = spawn("ops.cli", ("projections", "run", "--port", str(opts.projections_port)), env, log)
+    url = f"http://127.0.0.1:{opts.projections_port}"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            stop(proc)
+            return None, (
+                f"projections: not running (exited with {proc.returncode}, see {log}); "
+                "the demo continues without them"
+            )
+        if http_status(url + "/healthz") is not None:
+            break
+        time.sleep(0.5)
+    return proc, f"projections: {url}  (log: {log})"
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def run_demo(settings: Settings, opts: DemoOptions) -> int:
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)  # stop like Ctrl-C
     started_broker = False
-    if not kafka_local.is_reachable(settings.bootstrap_servers):
-        print(f"starting the local Kafka broker on {settings.bootstrap_servers} ...")
-        kafka_local.start(settings)
-        started_broker = True
-    asyncio.run(create_topics(settings))
-    url = f"http://{settings.web_host}:{settings.web_port}"
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers}
-    worker = spawn("ops.cli", ("worker",), env, Path("var/demo/worker.log"))
-    print(f"worker starting (log: var/demo/worker.log), API and metrics on {url}")
+    worker: subprocess.Popen[bytes] | None = None
+    projections: subprocess.Popen[bytes] | None = None
+    rc = 0
     try:
-        deadline = time.monotonic() + 120
-        while not _ready(url):
+        if not kafka_local.is_reachable(settings.bootstrap_servers):
+            print(f"starting the local Kafka broker on {settings.bootstrap_servers} ...")
+            kafka_local.start(settings)
+            started_broker = True
+        asyncio.run(create_topics(settings))
+        url = f"http://{settings.web_host}:{settings.web_port}"
+        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers}
+        worker_log = opts.log_dir / "worker.log"
+        worker = spawn("ops.cli", ("worker",), env, worker_log)
+        print(f"worker starting (log: {worker_log}) ...", flush=True)
+        deadline = time.monotonic() + 180
+        while http_status(url + "/readyz") != 200:
             if worker.poll() is not None or time.monotonic() > deadline:
-                print("the worker did not become ready; see var/demo/worker.log")
+                print(f"the worker did not become ready; see {worker_log}", flush=True)
                 return 1
             time.sleep(0.5)
-        asyncio.run(_drive(settings, url, rate, tenants, duration))
+        projections, note = _start_projections(env, opts)
+        example = "tenant-000000"
+        urls = [
+            f"API:         {url}/api/v1/quotas/utilization?entity_id={example}",
+            f"             {url}/api/v1/quotas?tenant_id={example}   {url}/api/v1/openapi.json",
+            f"metrics:     {url}/metrics",
+            note,
+        ]
+        print("\n".join(urls), flush=True)
+        where = f"API {url}/api/v1/...   metrics {url}/metrics   " + (
+            f"projections http://127.0.0.1:{opts.projections_port}" if projections else ""
+        )
+        asyncio.run(_drive(settings, url, opts, [where.rstrip()]))
     except KeyboardInterrupt:
-        print("\nstopping ...")
+        print("\nstopping ...", flush=True)
+    except Exception as exc:
+        print(f"demo failed: {type(exc).__name__}: {exc}", flush=True)
+        rc = 1
     finally:
-        stop(worker)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip cleanup
+        for proc in (projections, worker):
+            if proc is not None:
+                stop(proc)
         if started_broker:
             kafka_local.stop(settings)
-    print("demo stopped; nothing left running")
-    return 0
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, previous)
+    print("demo stopped; nothing left running", flush=True)
+    return rc
 
 
 def main(argv: list[str], settings: Settings) -> int:
-    p = argparse.ArgumentParser(prog="novaquota demo", description=__doc__.split("\n")[0])
-    p.add_argument("--rate", type=float, default=200.0, help="resource events per second")
+    p = argparse.ArgumentParser(prog="novaquota demo", description=(__doc__ or "").split("\n")[0])
+    p.add_argument("--rate", type=float, default=200.0, help="mean resource events per second")
     p.add_argument("--tenants", type=int, default=200)
     p.add_argument("--duration", type=float, default=None, help="seconds (default: until Ctrl-C)")
+    p.add_argument("--seed", type=int, default=None, help="default: a fresh one per run")
+    p.add_argument(
+        "--day-seconds", type=float, default=600.0, help="one simulated day lasts this long"
+    )
+    p.add_argument("--misbehaving", type=float, default=0.05, help="share of tenants over limit")
+    p.add_argument("--projections-port", type=int, default=6067)
+    p.add_argument("--log-dir", type=Path, default=Path("var/demo"))
     args = p.parse_args(argv)
-    return run_demo(settings, rate=args.rate, tenants=args.tenants, duration=args.duration)
+    if args.rate <= 0 or args.tenants < 1 or args.day_seconds <= 0:
+        p.error("--rate, --tenants and --day-seconds must be positive")
+    if args.duration is not None and args.duration <= 0:
+        p.error("--duration must be > 0")
+    if not 0 <= args.misbehaving <= 1:
+        p.error("--misbehaving must be between 0 and 1")
+    opts = DemoOptions(
+        rate=args.rate,
+        tenants=args.tenants,
+        duration=args.duration,
+        seed=args.seed,
+        day_seconds=args.day_seconds,
+        misbehaving=args.misbehaving,
+        projections_port=args.projections_port,
+        log_dir=args.log_dir,
+    )
+    return run_demo(settings, opts)

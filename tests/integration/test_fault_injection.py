@@ -23,21 +23,25 @@ import random
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from ops import kafka_local
+from ops.topics import create_topics
+from streams.settings import Settings
 from tests.integration.conftest import Stack
 from tests.support import reference as ref
 from tests.support.kafka import consume_all, produce_raw
-from tests.support.worker import WorkerProcess
+from tests.support.worker import WorkerProcess, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -759,7 +763,7 @@ def test_kill9_during_load(stack_factory: Callable[..., Stack]) -> None:
     # each restarted worker is busy again when the next kill comes)
     # early fractions: the backlog then outlasts all three kills even when commits come late
     kill_at = [f + rng.uniform(-0.03, 0.03) for f in (0.1, 0.25, 0.4)]
-    kills = []
+    kills: list[tuple[int, int, int]] = []
     for frac in kill_at:
         # and only once the restarted worker has committed new progress
         target = max(int(frac * n), kills[-1][0] + 2000 if kills else 0)
@@ -1121,3 +1125,129 @@ def test_bad_input_flood_while_good_traffic_flows(stack_factory: Callable[..., S
     # still exactly once on the dead-letter topic after everything drained
     assert len(stack.consume("dead-letter", idle=2.0)) == len(bad)
     report("bad-input", good=len(good), bad=len(bad), reasons=dict(reasons), **stats)
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. the broker stops and starts again during the load (a broker of the test's own)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[Settings]:
+    """A throw-away single-node broker on free ports with its own kafka_home and data dir
+    (reusing the cached jars), so that stopping it disturbs nobody else."""
+    configured = Settings()
+    lib = kafka_local.ensure_jars(configured)
+    home = tmp_path / "kafka"
+    (home / configured.kafka_version).mkdir(parents=True)
+    (home / configured.kafka_version / "lib").symlink_to(lib, target_is_directory=True)
+    settings = Settings(
+        bootstrap_servers=f"localhost:{free_port()}",
+        kafka_home=home,
+        kafka_data_dir=tmp_path / "kafka-data",
+        kafka_controller_port=free_port(),
+        kafka_version=configured.kafka_version,
+        kafka_heap="-Xmx384m -Xms128m",
+    )
+    try:
+        kafka_local.start(settings, timeout=240)
+        yield settings
+    finally:
+        kafka_local.stop(settings, timeout=30)
+
+
+def test_broker_stop_and_start_during_load(own_broker: Settings, tmp_path: Path) -> None:
+    seed = 6606
+    wl = make_workload(seed, n_tenants=200, n_events=16_000)
+    stack = Stack(own_broker.bootstrap_servers, f"b{seed}.", 12, tmp_path / "stack")
+    asyncio.run(create_topics(stack.settings))
+    try:
+        _broker_outage(stack, wl, own_broker, seed)
+    finally:
+        stack.stop()
+
+
+def _broker_outage(stack: Stack, wl: Workload, broker: Settings, seed: int) -> None:
+    worker = start_with_quotas(stack, wl)
+    rng = random.Random(seed)
+    n = len(wl.events)
+    records = encode(wl.events)
+    chunk = 500
+    produced = [0]
+    retried: list[str] = []
+    errors: list[BaseException] = []
+    outage = threading.Event()
+
+    def producer() -> None:
+        """Produces half, waits for the outage, then keeps producing through it: a chunk that
+        fails is sent again (at least once: the contract's deduplication by (source, id) absorbs
+        what got through twice)."""
+        try:
+            for i in range(0, n, chunk):
+                if i >= n // 2:
+                    outage.wait(600)
+                while True:
+                    try:
+                        produce(stack, "resource-events", records[i : i + chunk])
+                        break
+                    except Exception as exc:
+                        retried.append(type(exc).__name__)
+                        if len(retried) > 200:
+                            raise
+                        time.sleep(1.0)
+                produced[0] = i + len(records[i : i + chunk])
+                time.sleep(0.3)
+        except BaseException as exc:  # pragma: no cover - surfaced below
+            errors.append(exc)
+
+    thread = threading.Thread(target=producer, daemon=True)
+    thread.start()
+    stack.wait_for(lambda: produced[0] >= n // 2 and _committed_at_least(stack, 1000), timeout=300)
+    at_stop = progress(stack)
+    produced_at_stop = produced[0]
+    outage.set()
+    assert kafka_local.stop(broker, timeout=60)
+    down = rng.uniform(8.0, 15.0)
+    time.sleep(down)
+    kafka_local.start(broker, timeout=240)
+    thread.join(600)
+    assert not thread.is_alive() and not errors, errors
+    assert produced[0] == n
+    # the outage hit both sides: input still to produce, and input still to process
+    assert produced_at_stop < n and at_stop[0] < at_stop[1], (produced_at_stop, at_stop)
+    assert retried, "the producer never noticed the outage"
+    # the worker rode out the outage on its own: no restart
+    assert worker.proc is not None and worker.proc.poll() is None, worker.tail()
+
+    raw = asyncio.run(
+        consume_all(stack.bootstrap, stack.topic("resource-events"), idle=5.0, timeout=180)
+    )
+    assert {json.loads(r.value)["id"] for r in raw} == {e["id"] for e in wl.events}
+    df, expected = reference_of(raw)
+    assert df.attrs["invalid_count"] == 0, df.attrs["invalid_reasons"]
+    sim = Sim(wl.limits).run(json.loads(r.value) for r in sorted(raw, key=_log_order))
+    assert sim.allocation_usage() == ref.usage(df, include_gauges=False)
+    served = wait_usage_equal(stack, expected, df, timeout=300)
+    stats = check_violations(
+        stack,
+        expected_episodes=sim.all_episodes(),
+        expected_open=expected_open_of(df, wl),
+        served=served,
+    )
+    assert stats["episodes"] > 10
+    assert stack.consume("dead-letter", idle=2.0) == []
+    report(
+        "broker-outage",
+        events=n,
+        messages=len(raw),
+        partitions=12,
+        committed_at_stop=at_stop,
+        produced_at_stop=produced_at_stop,
+        down_seconds=round(down, 1),
+        producer_retries=len(retried),
+        **stats,
+    )
+
+
+def _log_order(r: Any) -> tuple[int, int]:
+    return (r.partition, r.offset)
