@@ -11,10 +11,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "TopicNames"]
+__all__ = ["DEFAULT_TOPIC_PREFIX", "Settings", "TopicNames"]
+
+DEFAULT_TOPIC_PREFIX = "novacron."
 
 
 class TopicNames:
@@ -65,13 +67,16 @@ class Settings(BaseSettings):
     ssl_keyfile: Path | None = None
 
     # --- Topics -----------------------------------------------------------------------------
-    topic_prefix: str = "novacron."
+    topic_prefix: str = DEFAULT_TOPIC_PREFIX
     partitions: int = Field(default=12, ge=1)
     replication_factor: int = Field(default=1, ge=1)
     # lz4 (native, via cramjam) costs a fraction of gzip, which aiokafka runs in pure Python
     compression: Literal["lz4", "zstd", "gzip", "snappy", "none"] = "lz4"
 
     # --- Worker -----------------------------------------------------------------------------
+    # Consumer group and table namespace. Unset, it is "novaquota-enforcement" under the
+    # default topic prefix and "<prefix>enforcement" under any other, so that two deployments
+    # with their own prefixes on one cluster never share a group or changelog topics.
     app_id: str = "novaquota-enforcement"
     web_host: str = "127.0.0.1"
     web_port: int = 6066
@@ -98,6 +103,15 @@ class Settings(BaseSettings):
     kafka_data_dir: Path | None = None  # broker storage; None means <kafka_home>/data
     kafka_controller_port: int = Field(default=9093, ge=1, le=65535)  # KRaft CONTROLLER listener
     kafka_heap: str = "-Xmx512m -Xms256m"  # JVM heap flags of the local broker
+
+    @model_validator(mode="before")
+    @classmethod
+    def _app_id_follows_prefix(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("app_id"):
+            prefix = data.get("topic_prefix")
+            if prefix and prefix != DEFAULT_TOPIC_PREFIX:
+                data = {**data, "app_id": f"{prefix}enforcement"}
+        return data
 
     @field_validator("log_format")
     @classmethod
