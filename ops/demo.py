@@ -12,9 +12,12 @@ import argparse
 import asyncio
 import contextlib
 import os
+import random
+import re
 import signal
 import subprocess
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -35,6 +38,7 @@ from streams.settings import Settings
 __all__ = ["DemoOptions", "main", "run_demo"]
 
 STRUCTURED = [("content-type", b"application/cloudevents+json")]
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
 class DemoOptions:
@@ -70,6 +74,77 @@ def _processed(url: str) -> int:
         return -1
 
 
+def _top_utilization(url: str, tenant_prefix: str, n: int = 3) -> list[str]:
+    """The most utilized entities of this run's tenants, from the worker's bounded top-N
+    ``quota_utilization`` series."""
+    try:
+        with urllib.request.urlopen(url + "/metrics", timeout=2) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return []
+    rows = []
+    for line in text.splitlines():
+        if not line.startswith("quota_utilization{"):
+            continue
+        labels, _, value = line.rpartition(" ")
+        fields = dict(_LABEL.findall(labels))
+        # the series carry no tenant label: tenant-level rows name the tenant
+        if fields.get("level") == "tenant" and fields.get("entity_id", "").startswith(
+            tenant_prefix
+        ):
+            rows.append((float(value), fields))
+    rows.sort(key=lambda r: -r[0])
+    return [f"{f.get('entity_id', '')} {f.get('resource_type', '')} {v:.0f}%" for v, f in rows[:n]]
+
+
+class _Checks:
+    """Admission checks the demo asks while the workload runs (the check API, batched)."""
+
+    def __init__(self) -> None:
+        self.allowed = 0
+        self.denied = 0
+        self.last_denial = ""
+        self.latency_ms = 0.0
+
+    async def run(self, url: str, wl: Workload, tenants: int, rng: random.Random) -> None:
+        from novaquota.client import AsyncQuotaClient, ClientConfig, QuotaClientError
+
+        config = ClientConfig(timeout_seconds=5, retries=2, actor="novaquota-demo")
+        async with AsyncQuotaClient(url, config=config) as client:
+            while True:
+                batch = [
+                    {
+                        "tenant_id": wl.tenant(rng.randrange(tenants)),
+                        "resources": {"cpu": rng.choice([1, 2, 4, 8, 16]), "memory": 4096},
+                    }
+                    for _ in range(20)
+                ]
+                t0 = time.perf_counter()
+                try:
+                    answers = await client.check_batch(batch)
+                except QuotaClientError:  # the demo keeps going while the API recovers
+                    answers = []
+                self.latency_ms = (time.perf_counter() - t0) * 1000
+                for a in answers:
+                    if a.degraded:
+                        continue
+                    if a.allowed:
+                        self.allowed += 1
+                    else:
+                        self.denied += 1
+                        self.last_denial = a.reason
+                await asyncio.sleep(2)
+
+    def line(self) -> str:
+        text = (
+            f"    checks: {self.allowed:,} allowed, {self.denied:,} denied "
+            f"(batch of 20 in {self.latency_ms:.0f} ms)"
+        )
+        if self.last_denial:
+            text += f"; last denial: {self.last_denial[:90]}"
+        return text
+
+
 def _paced(wl: Workload, wall0: float, ev0_us: int) -> Iterator[tuple[float, dict[str, Any]]]:
     """(wall-clock due time, event): event time runs with the wall clock."""
     while True:
@@ -87,6 +162,8 @@ async def _drive(settings: Settings, url: str, opts: DemoOptions, urls: list[str
             events_per_second=opts.rate,
             day_seconds=opts.day_seconds,
             misbehaving=opts.misbehaving,
+            # tenants of this run only: a broker kept from an earlier demo still holds its VMs
+            tenant_prefix=f"demo{opts.seed % 100_000:05d}-",
         )
     )
     prod = make_producer(settings)
@@ -116,6 +193,8 @@ async def _drive(settings: Settings, url: str, opts: DemoOptions, urls: list[str
             del recent[:-6]
 
     watcher = asyncio.create_task(watch())
+    checks = _Checks()
+    asker = asyncio.create_task(checks.run(url, wl, opts.tenants, random.Random(opts.seed)))
     try:
         for ev in wl.setup_commands():
             await prod.send(
@@ -142,14 +221,24 @@ async def _drive(settings: Settings, url: str, opts: DemoOptions, urls: list[str
                 last_print = time.monotonic()
                 secs = time.monotonic() - started
                 phase = wl.phase(wl.time_us)
+                top = await asyncio.to_thread(_top_utilization, url, wl.tenant(0)[:-6])
                 _view(
-                    sent, _processed(url), kinds, recent, secs, phase, wl.rate_at(wl.time_us), urls
+                    sent,
+                    _processed(url),
+                    kinds,
+                    recent,
+                    secs,
+                    phase,
+                    wl.rate_at(wl.time_us),
+                    urls,
+                    extra=[checks.line(), "    top tenant utilization: " + ("; ".join(top) or "-")],
                 )
             await asyncio.sleep(min(0.05, max(0.0, due - time.monotonic())))
     finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        for task in (watcher, asker):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await prod.stop()
         await cons.stop()
 
@@ -168,6 +257,7 @@ def _view(
     phase: float,
     rate: float,
     urls: list[str],
+    extra: list[str] | None = None,
 ) -> None:
     hour = (phase + 1) / 2
     bar = "#" * int(hour * 20)
@@ -175,6 +265,7 @@ def _view(
         f"--- novaquota demo  {secs:6.0f}s  published {sent:,}  processed {processed:,}  "
         f"offered now {rate:,.0f}/s  day [{bar:<20}]",
         "    outputs: " + (", ".join(f"{k}={v}" for k, v in sorted(kinds.items())) or "-"),
+        *(extra or []),
         *("    " + r for r in recent),
         *("    " + u for u in urls),
     ]

@@ -114,6 +114,8 @@ class WorkloadSpec:
     """Share of tenants that ignore their limits (at least one when there are 10 or more)."""
     api_burst_probability: float = 0.003
     """Chance that an event starts a burst of API traffic from one tenant."""
+    tenant_prefix: str = "tenant-"
+    """Tenant ids are this plus a 6-digit number (the demo uses one per run)."""
 
     def __post_init__(self) -> None:
         checks = (
@@ -186,7 +188,7 @@ class Workload:
     # --- naming ---------------------------------------------------------------------------
 
     def tenant(self, i: int) -> str:
-        return f"tenant-{i:06d}"
+        return f"{self.spec.tenant_prefix}{i:06d}"
 
     def tier_of(self, i: int) -> str:
         """Every tier is present (the first five tenants take one each), then weighted."""

@@ -19,8 +19,8 @@ async def produce_raw(
 ) -> None:
     """Produce (key, value, headers) records exactly as given."""
     prod = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await prod.start()
     try:
+        await prod.start()
         futs = [await prod.send(topic, value=v, key=k, headers=h or None) for k, v, h in records]
         await asyncio.gather(*futs)
     finally:
