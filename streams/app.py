@@ -6,6 +6,8 @@ core (``streams.quota``), store, send. Everything a user can observe is declared
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -48,11 +50,56 @@ def _keep_partitions_flowing() -> None:
     Consumer.on_buffer_full = on_buffer_full  # type: ignore[method-assign]
 
 
+def _flush_producer_buffer_fully(deadline_seconds: float = 120.0) -> None:
+    """Work around a Faust hazard: ``ProducerBuffer.flush`` returns as soon as 0.1 s pass
+    without a message leaving the buffer, even with messages still in it. Table writes go
+    through that buffer, and Faust flushes it before committing offsets and before handing
+    partitions over in a rebalance; on a busy machine a worker could therefore commit (or hand
+    over) a message whose changelog writes were still unsent, and the new owner would recover
+    without them while the late writes landed after its own (a tenant record newer than its
+    instance rows was seen in the two-worker fault test).
+
+    Flush now waits until every message that was in the buffer when it was called has left
+    (messages added meanwhile are not waited for, so a commit under load still completes), or
+    ``deadline_seconds`` pass (then it logs an error)."""
+    from faust.transport.producer import ProducerBuffer
+
+    if getattr(ProducerBuffer, "novaquota_patched", False):
+        return
+    ProducerBuffer.novaquota_patched = True  # type: ignore[attr-defined]
+    send_one = ProducerBuffer._send_pending
+
+    async def _send_pending(self: Any, fut: Any) -> None:
+        await send_one(self, fut)
+        self.novaquota_sent = getattr(self, "novaquota_sent", 0) + 1
+
+    async def flush(self: Any) -> None:
+        started = time.monotonic()
+        # the buffer is FIFO: once this many messages have been sent, all of these are out
+        target = getattr(self, "novaquota_sent", 0) + self.size
+        while self.size and getattr(self, "novaquota_sent", 0) < target:
+            if self.state != "running":
+                raise RuntimeError("Cannot flush: Producer not Running")
+            if time.monotonic() - started > deadline_seconds:
+                left = target - getattr(self, "novaquota_sent", 0)
+                log.error(
+                    "producer buffer not drained after %.0fs: %d left", deadline_seconds, left
+                )
+                return
+            self.message_sent.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.message_sent.wait(), timeout=1.0)
+
+    ProducerBuffer._send_pending = _send_pending  # type: ignore[method-assign]
+    ProducerBuffer.flush = flush  # type: ignore[method-assign]
+
+
 class QuotaApp:
     """The Faust app plus the handles the agents and views need."""
 
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         _keep_partitions_flowing()
+        _flush_producer_buffer_fully()
         self.settings = settings
         self.metrics = metrics or Metrics()
         t = settings.topics
