@@ -237,6 +237,85 @@ class QuotaApp:
 
         system_home = home_partition("system", self.settings.partitions)
 
+        our_topics = {
+            self.resource_events.get_topic_name(),
+            self.quota_commands.get_topic_name(),
+            self.routed.get_topic_name(),
+            self.ticks.get_topic_name(),
+            self.system_totals.get_topic_name(),
+            self.admission.get_topic_name(),
+        }
+        stalled_since: dict[Any, float] = {}
+        progress_seen: dict[Any, tuple[int, float]] = {}
+
+        @app.timer(interval=2.0, on_leader=False)
+        async def unstall_partitions() -> None:
+            """Watchdog over a Faust hazard: after a restart or a rebalance a worker was seen
+            ready and idle while some of its input partitions were left out of the consumer's
+            active set (or paused), their lag never read. An owned input partition that stays
+            inactive for 10 s while nothing is rebalancing or recovering is resumed."""
+            consumer: Any = app.consumer
+            if app.rebalancing or not tables_recovered(app) or app.in_recovery:
+                stalled_since.clear()
+                return
+            active = getattr(consumer, "_active_partitions", None)
+            paused: set[Any] = getattr(consumer, "_paused_partitions", set())
+            if active is None:
+                return
+            owned = {tp for tp in app.assignor.assigned_actives() if tp.topic in our_topics}
+            now = time.monotonic()
+            out = {tp for tp in owned if tp not in active or tp in paused}
+            # and any owned partition with lag whose committed offset has not moved for 30 s
+            committed: Any = getattr(consumer, "_committed_offset", {})
+            for tp in owned:
+                try:
+                    high = consumer.highwater(tp)
+                except Exception:  # not known yet for a new assignment
+                    continue
+                done = committed.get(tp)
+                if high is None or done is None or high <= done:
+                    progress_seen.pop(tp, None)
+                    continue
+                last = progress_seen.get(tp)
+                if last is None or last[0] != done:
+                    progress_seen[tp] = (done, now)
+                elif now - last[1] >= 30.0:
+                    log.warning(
+                        "%s[%d]: lag %d and no commit for %.0fs (active %s, paused %s, "
+                        "flow %s); resuming it",
+                        tp.topic,
+                        tp.partition,
+                        high - done,
+                        now - last[1],
+                        tp in active,
+                        tp in paused,
+                        consumer.flow_active,
+                    )
+                    progress_seen[tp] = (done, now)
+                    stalled_since[tp] = now - 10.0  # resumed below
+            out |= {tp for tp, t in stalled_since.items() if now - t >= 10.0}
+            for tp in list(stalled_since):
+                if tp not in out:
+                    del stalled_since[tp]
+            due = []
+            for tp in out:
+                since = stalled_since.setdefault(tp, now)
+                if now - since >= 10.0:
+                    due.append(tp)
+            if not consumer.flow_active:
+                log.warning("consumer flow was stopped while ready; resuming it")
+                consumer.resume_flow()
+                app.flow_control.resume()
+            if due:
+                log.warning(
+                    "resuming %d input partition(s) left inactive after a rebalance: %s",
+                    len(due),
+                    ", ".join(sorted(f"{tp.topic}[{tp.partition}]" for tp in due)),
+                )
+                consumer.resume_partitions(set(due))
+                for tp in due:
+                    stalled_since.pop(tp, None)
+
         @app.timer(interval=1.0, on_leader=False)
         async def every_second() -> None:
             if app.rebalancing or not tables_recovered(app):
