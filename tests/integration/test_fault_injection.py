@@ -1205,8 +1205,8 @@ def _broker_outage(stack: Stack, wl: Workload, broker: Settings, seed: int) -> N
     stack.wait_for(lambda: produced[0] >= n // 2 and _committed_at_least(stack, 1000), timeout=300)
     at_stop = progress(stack)
     produced_at_stop = produced[0]
-    outage.set()
     assert kafka_local.stop(broker, timeout=60)
+    outage.set()  # only now: the rest of the input meets a broker that is down
     down = rng.uniform(8.0, 15.0)
     time.sleep(down)
     kafka_local.start(broker, timeout=240)
