@@ -23,6 +23,7 @@ no floats in amounts (exact decimal strings), sorted output.
 
 from __future__ import annotations
 
+import abc
 import argparse
 import asyncio
 import csv
@@ -47,6 +48,7 @@ from streams.enforce import SYSTEM, Emit, Enforcer, Rejection
 from streams.quota.state import C_START, E_AT, G_EVENT, G_PROJECT, G_RES, G_SOURCE, G_TIME, G_USER
 from streams.quota.units import SEP, entity_key, split_entity_key, split_quota_key
 from streams.settings import Settings, TopicNames
+from streams.translate import with_tenant
 
 __all__ = [
     "FORMATS",
@@ -255,20 +257,6 @@ def _over_keys(book: q.TenantState | q.SystemState) -> dict[str, int]:
     return over
 
 
-def _with_tenant(decoded: Decoded, tenant: str) -> Decoded:
-    """A command that omits its tenant (``reservation.cancelled``) takes the message key's."""
-    if decoded.tenant_id is not None:
-        return decoded
-    data = decoded.data.model_copy(update={"tenant_id": tenant})
-    return Decoded(
-        envelope=decoded.envelope,
-        data=data,
-        type=decoded.type,
-        time_us=decoded.time_us,
-        kind=decoded.kind,
-    )
-
-
 def _home_partition(tenant_id: str, partitions: int) -> int:
     from aiokafka.partitioner import murmur2
 
@@ -428,7 +416,7 @@ class ReplayEngine:
         if self.tenant is not None and tenant != self.tenant:
             self.counts["other_tenants"] += 1
             return
-        decoded = _with_tenant(decoded, tenant)
+        decoded = with_tenant(decoded, tenant)
         stream = f"{rec.topic}:{rec.partition}"
         before = self._over_of(tenant)
         self.enforcer.totals_delta = {}
@@ -714,7 +702,7 @@ async def replay(settings: Settings, until_us: int, *, tenant: str | None = None
 # --- the report --------------------------------------------------------------------------------
 
 
-class Report:
+class Report(abc.ABC):
     """A report document: one deterministic dict, rendered as JSON, CSV or HTML."""
 
     template: str = ""
@@ -726,8 +714,8 @@ class Report:
     def to_json(self) -> bytes:
         return orjson.dumps(self.doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
 
-    def csv_rows(self) -> Iterator[dict[str, Any]]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def csv_rows(self) -> Iterator[dict[str, Any]]: ...
 
     def to_csv(self) -> bytes:
         buf = io.StringIO()

@@ -8,6 +8,7 @@ Keys are namespaced (``<ns>\\x1f<parts...>``); values are JSON (orjson). The ``e
 
 from __future__ import annotations
 
+import abc
 import logging
 import shutil
 from collections.abc import Iterator
@@ -45,17 +46,18 @@ class Loaded:
     emitted_ids: set[str] = field(default_factory=set)
 
 
-class ViewStore:
+class ViewStore(abc.ABC):
     """Backend-independent logic over a few key-value primitives."""
 
-    def _write(self, puts: dict[bytes, bytes], deletes: list[bytes]) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _write(self, puts: dict[bytes, bytes], deletes: list[bytes]) -> None: ...
 
-    def _scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]: ...
 
     def close(self) -> None:
-        """Release the backend."""
+        """Release the backend (nothing to release unless a backend says so)."""
+        return None
 
     # --- reading ---------------------------------------------------------------------------
 

@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiokafka.partitioner import murmur2
 
-from schemas.codec import Decoded, DecodeLimits, decode
+from schemas.codec import DecodeLimits, decode
 from schemas.exceptions import DecodeError
 from streams.enforce import Emit, Enforcer, Rejection
 from streams.ingest import dead_letter_headers
+from streams.translate import with_tenant
 
 if TYPE_CHECKING:
     from streams.app import QuotaApp
@@ -190,7 +191,7 @@ def register(qa: QuotaApp) -> None:
         # state changed when two agents (events, commands) interleave at a send.
         async with order:
             try:
-                emits = enforcer.process(_with_tenant(decoded, tenant), stream, msg.offset)
+                emits = enforcer.process(with_tenant(decoded, tenant), stream, msg.offset)
             except Rejection as exc:
                 await to_dead_letter(msg, exc.reason, exc.message, decoded.id)
                 return
@@ -273,17 +274,3 @@ def _origin(msg: Any) -> tuple[str, int, int]:
             t, p, o = v.decode().split("|")
             return t, int(p), int(o)
     return msg.topic, msg.partition, msg.offset
-
-
-def _with_tenant(decoded: Decoded, tenant: str) -> Decoded:
-    """``reservation.cancelled`` may omit its tenant; the message key supplies it."""
-    if decoded.tenant_id is not None:
-        return decoded
-    data = decoded.data.model_copy(update={"tenant_id": tenant})
-    return Decoded(
-        envelope=decoded.envelope,
-        data=data,
-        type=decoded.type,
-        time_us=decoded.time_us,
-        kind=decoded.kind,
-    )

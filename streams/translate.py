@@ -353,3 +353,18 @@ _AUDIT_TYPES: dict[str, str] = {
     "audit.reservation_expired": "audit.reservation_expired",
     "audit.command_rejected": "audit.command_rejected",
 }
+
+
+def with_tenant(decoded: Decoded, tenant: str) -> Decoded:
+    """A command that may omit its tenant (``reservation.cancelled``) takes the message key's;
+    the worker and the audit replay route the same way."""
+    if decoded.tenant_id is not None:
+        return decoded
+    data = decoded.data.model_copy(update={"tenant_id": tenant})
+    return Decoded(
+        envelope=decoded.envelope,
+        data=data,
+        type=decoded.type,
+        time_us=decoded.time_us,
+        kind=decoded.kind,
+    )

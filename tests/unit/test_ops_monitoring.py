@@ -205,7 +205,7 @@ def _promtool() -> str:
     for c in candidates:
         if c and os.access(c, os.X_OK):
             return c
-    message = "promtool not found: install it with `bash ops/tools/promtool.sh` (needs Go)"
+    message = "promtool not found: provide it with `bash ops/tools/promtool.sh` (`make tools`)"
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message)
     pytest.skip(message)
