@@ -104,6 +104,7 @@ def register(qa: QuotaApp) -> None:
         templates=template_lookup,
         dedup=qa.dedup,
         committed=committed,
+        cache_bytes=settings.state_cache_mb * 2**20,
     )
     qa.enforcer = enforcer
 

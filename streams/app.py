@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 def rocksdb_options() -> dict[str, Any]:
     """RocksDB per table and partition. Faust's defaults (2 GiB block cache, 3 x 64 MiB write
     buffers) multiply into gigabytes with 12 partitions and several tables. A fresh dict each
-    time: Faust pops keys out of the one it is given."""
+    time: Faust pops keys out of the one it is given. The block cache and the memtables are
+    bounded together across all databases by ``share_rocksdb_memory``."""
     return {
         "driver": "rocksdict",
         "block_cache_size": 8 * 1024 * 1024,
@@ -35,6 +36,51 @@ def rocksdb_options() -> dict[str, Any]:
         "write_buffer_size": 4 * 1024 * 1024,
         "max_write_buffer_number": 2,
     }
+
+
+_shared_rocksdb: dict[str, Any] = {}
+
+
+def share_rocksdb_memory(total_bytes: int) -> None:
+    """One block cache for every table and partition database of this process, with the
+    memtables charged to it through a write-buffer manager, so RocksDB's memory is bounded by
+    ``total_bytes`` whatever the number of partitions and tables (RocksDB's documented way to
+    cap the memory of many databases: a shared ``Cache`` and a ``WriteBufferManager`` costed
+    to it). Faust builds options per database with a cache of its own; this replaces that."""
+    import rocksdict
+    from faust.stores.rocksdb import RocksDBOptions
+
+    cache = rocksdict.Cache(total_bytes)
+    _shared_rocksdb["cache"] = cache
+    _shared_rocksdb["write_buffers"] = (
+        rocksdict.WriteBufferManager.new_write_buffer_manager_with_cache(
+            total_bytes // 2, False, cache
+        )
+    )
+    if getattr(RocksDBOptions, "novaquota_shared", False):
+        return
+    RocksDBOptions.novaquota_shared = True  # type: ignore[attr-defined]
+    own_options = RocksDBOptions.as_options
+
+    def as_options(self: Any) -> Any:
+        if not self.use_rocksdict:
+            return own_options(self)
+        opts = rocksdict.Options(raw_mode=True)
+        opts.create_if_missing(True)
+        opts.set_max_open_files(self.max_open_files)
+        opts.set_write_buffer_size(self.write_buffer_size)
+        opts.set_target_file_size_base(self.target_file_size_base)
+        opts.set_max_write_buffer_number(self.max_write_buffer_number)
+        opts.set_write_buffer_manager(_shared_rocksdb["write_buffers"])
+        table = rocksdict.BlockBasedOptions()
+        table.set_bloom_filter(self.bloom_filter_size, block_based=True)
+        table.set_block_cache(_shared_rocksdb["cache"])
+        table.set_cache_index_and_filter_blocks(True)
+        table.set_index_type(rocksdict.BlockBasedIndexType.binary_search())
+        opts.set_block_based_table_factory(table)
+        return opts
+
+    RocksDBOptions.as_options = as_options  # type: ignore[method-assign]
 
 
 def _keep_partitions_flowing() -> None:
@@ -100,6 +146,7 @@ class QuotaApp:
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         _keep_partitions_flowing()
         _flush_producer_buffer_fully()
+        share_rocksdb_memory(settings.rocksdb_memory_mb * 2**20)
         self.settings = settings
         self.metrics = metrics or Metrics()
         t = settings.topics

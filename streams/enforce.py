@@ -207,6 +207,56 @@ def dict_scan(table: Table) -> PrefixScan:
     return scan
 
 
+class RecordCache:
+    """Parsed tenant records keyed by tenant and checked against the stored bytes, least
+    recently used first out once their estimated size passes ``budget`` bytes.
+
+    A parsed record takes about four times its stored bytes (measured on bulk-loaded tenants
+    with ten quotas: 2.4 kB stored, 10 kB parsed), so a byte budget, not a count, is what keeps
+    a worker with a million quotas inside its memory target."""
+
+    PARSED_PER_STORED_BYTE = 4
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.size = 0
+        self._items: dict[str, tuple[bytes, Any, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: str, raw: bytes) -> Any:
+        """The record parsed from ``raw`` if it is cached (a record of other bytes is stale)."""
+        hit = self._items.pop(key, None)
+        if hit is None:
+            return None
+        if hit[0] != raw:
+            self.size -= hit[2]
+            return None
+        self._items[key] = hit  # most recently used last
+        return hit[1]
+
+    def put(self, key: str, raw: bytes, rec: Any) -> None:
+        self.discard(key)
+        cost = len(raw) * self.PARSED_PER_STORED_BYTE + 200
+        if cost > self.budget:
+            return
+        self._items[key] = (raw, rec, cost)
+        self.size += cost
+        while self.size > self.budget:
+            oldest = next(iter(self._items))
+            self.size -= self._items.pop(oldest)[2]
+
+    def discard(self, key: str) -> None:
+        hit = self._items.pop(key, None)
+        if hit is not None:
+            self.size -= hit[2]
+
+    def clear(self) -> None:
+        self._items.clear()
+        self.size = 0
+
+
 class Enforcer:
     """Applies decoded messages to tenant state held in two byte-keyed tables."""
 
@@ -218,7 +268,7 @@ class Enforcer:
         *,
         config: q.Config = q.DEFAULT_CONFIG,
         templates: Callable[[str], Any] | None = None,
-        cache_size: int = 50_000,
+        cache_bytes: int = 64 * 2**20,
         dedup: Table | None = None,
         committed: Callable[[str], int] | None = None,
     ) -> None:
@@ -233,8 +283,7 @@ class Enforcer:
         # never be replayed, so they are dropped.
         self.committed = committed
         self.templates = templates
-        self._cache: dict[str, tuple[bytes, TenantRecord]] = {}
-        self.cache_size = cache_size
+        self._cache = RecordCache(cache_bytes)
         self.totals_delta: dict[str, int] = {}
         """Change of the last processed tenant's tenant-level totals (for system totals)."""
         self.last_deadline: int | None = None
@@ -256,13 +305,14 @@ class Enforcer:
             raw = self.tenants.get(tenant_id.encode())
         self.last_load_hit = False
         if raw is None:
-            self._cache.pop(tenant_id, None)
+            self._cache.discard(tenant_id)
             return TenantRecord.new(tenant_id), None
-        hit = self._cache.get(tenant_id)
-        if hit is not None and hit[0] == raw:
+        rec = self._cache.get(tenant_id, raw)
+        if rec is not None:
             self.last_load_hit = True
-            return hit[1], raw
+            return rec, raw
         rec = TenantRecord.from_bytes(raw, system=tenant_id == SYSTEM)
+        self._cache.put(tenant_id, raw, rec)
         return rec, raw
 
     def _store(self, tenant_id: str, rec: TenantRecord) -> None:
@@ -270,9 +320,7 @@ class Enforcer:
         self.tenants[tenant_id.encode()] = raw
         self.last_deadline = q.next_deadline(rec.state)
         self.last_watermark = rec.state.watermark_us
-        if len(self._cache) >= self.cache_size:
-            self._cache.clear()
-        self._cache[tenant_id] = (raw, rec)
+        self._cache.put(tenant_id, raw, rec)
         for listener in self.listeners:
             listener(tenant_id, rec)
 
@@ -320,12 +368,12 @@ class Enforcer:
                     seen.append(dk)
                 outputs.extend(q.apply(rec.tenant, rows, inp, self.config))
         except Exception:
-            self._cache.pop(tenant, None)  # the cached object may be half-mutated
+            self._cache.discard(tenant)  # the cached object may be half-mutated
             raise
         rejected = [o for o in outputs if isinstance(o, q.Rejected)]
         if rejected and len(rejected) == len(outputs) and not rows.touched:
             # nothing changed: the message is dead-lettered with the core's reason
-            self._cache.pop(tenant, None)
+            self._cache.discard(tenant)
             r = rejected[0]
             raise Rejection(r.reason, r.message)
         emits = self._emits(tenant, outputs, decoded.type, decoded.source)
@@ -495,11 +543,11 @@ class Enforcer:
             else:
                 raise Rejection("invalid_field", f"unknown admission op {op!r}")
         except Exception:
-            self._cache.pop(tenant, None)
+            self._cache.discard(tenant)
             raise
         emits = self._emits(tenant, outputs, f"admission.{op}", "novaquota/admission")
         if raw is None and not st.grants and not st.admissions and not st.buckets:
-            self._cache.pop(tenant, None)
+            self._cache.discard(tenant)
             return result, emits  # an unknown tenant without a grant: nothing to keep
         rec.guard[stream] = offset
         self._outbox(rec, stream, offset, emits)

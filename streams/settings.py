@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     # A killed worker's partitions move after this long (Faust's default is 60 s).
     session_timeout_seconds: float = Field(default=15.0, gt=1)
+    # Memory bounds: parsed tenant records kept hot (estimated parsed bytes), and one RocksDB
+    # block cache shared by every table and partition, memtables charged to it.
+    state_cache_mb: int = Field(default=64, ge=0)
+    rocksdb_memory_mb: int = Field(default=128, ge=8)
     # How long the check API waits for the tenant's agent to decide a reserve (then 503).
     admission_timeout_seconds: float = Field(default=10.0, gt=0)
 

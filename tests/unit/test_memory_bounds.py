@@ -1,0 +1,86 @@
+"""Memory bounds of the enforcement worker: the parsed-record cache and RocksDB's shared cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from streams.enforce import Enforcer, RecordCache, dict_scan
+
+
+def test_record_cache_evicts_least_recently_used_past_its_budget() -> None:
+    per = 100 * RecordCache.PARSED_PER_STORED_BYTE + 200
+    cache = RecordCache(budget=3 * per)
+    for key in "abc":
+        cache.put(key, b"x" * 100, key.upper())
+    assert cache.get("a", b"x" * 100) == "A"  # a is now the most recently used
+    cache.put("d", b"x" * 100, "D")
+    assert len(cache) == 3 and cache.size == 3 * per
+    assert cache.get("b", b"x" * 100) is None  # the least recently used went
+    assert [cache.get(k, b"x" * 100) for k in "acd"] == ["A", "C", "D"]
+
+
+def test_record_cache_never_serves_a_record_of_other_bytes() -> None:
+    cache = RecordCache(budget=10_000)
+    cache.put("t", b"old", "parsed-old")
+    assert cache.get("t", b"new") is None
+    assert len(cache) == 0 and cache.size == 0  # the stale entry is gone with its cost
+
+
+def test_record_cache_skips_a_record_larger_than_the_budget() -> None:
+    cache = RecordCache(budget=1_000)
+    cache.put("big", b"x" * 1_000, "B")
+    assert len(cache) == 0 and cache.size == 0
+
+
+def test_enforcer_cache_stays_inside_its_byte_budget() -> None:
+    from datetime import UTC, datetime
+
+    import orjson
+
+    from ops.workload import bulk_load
+    from schemas.codec import decode
+    from streams.translate import with_tenant
+
+    tenants: dict[bytes, bytes] = {}
+    instances: dict[bytes, bytes] = {}
+    budget = 200_000
+    enf = Enforcer(tenants, instances, dict_scan(instances), cache_bytes=budget)
+    commands, events = bulk_load(2_000, 500, start=datetime(2026, 11, 1, tzinfo=UTC))
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    for offset, body in enumerate([*commands, *events]):
+        d = decode(orjson.dumps(body), [], record_timestamp_ms=now_ms)
+        enf.process(with_tenant(d, d.tenant_id), "qc:0", offset)
+        assert enf._cache.size <= budget
+    assert len(tenants) == 200
+    assert 0 < len(enf._cache) < len(tenants)  # bounded, not emptied
+    # an evicted tenant is parsed again from its stored bytes, and then cached
+    evicted = next(t.decode() for t in tenants if t.decode() not in enf._cache._items)
+    rec, raw = enf.load(evicted)
+    assert raw == tenants[evicted.encode()] and rec.tenant.tenant_id == evicted
+    assert enf._cache.get(evicted, raw) is rec
+
+
+def test_rocksdb_databases_share_one_cache(tmp_path: Path) -> None:
+    rocksdict = pytest.importorskip("rocksdict")
+    from faust.stores.rocksdb import RocksDBOptions
+
+    from streams.app import _shared_rocksdb, rocksdb_options, share_rocksdb_memory
+
+    share_rocksdb_memory(64 * 2**20)
+    cache = _shared_rocksdb["cache"]
+    before = cache.get_usage()
+    dbs = []
+    for n in range(3):
+        opts = rocksdb_options()
+        opts.pop("driver")
+        db = RocksDBOptions(**opts).open(tmp_path / f"db{n}")
+        for i in range(2_000):
+            db[f"k{i:05d}".encode()] = b"v" * 200
+        dbs.append(db)
+    # every database's memtables are charged to the one shared cache
+    assert cache.get_usage() > before + 3 * 2_000 * 200 * 0.5
+    for db in dbs:
+        db.close()
+    assert isinstance(cache, rocksdict.Cache)
