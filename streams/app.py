@@ -174,7 +174,7 @@ class QuotaApp:
             # writes wait for a produce round trip.
             producer_max_batch_size=1024 * 1024,
             producer_max_request_size=4 * 1024 * 1024,
-            producer_linger=0.01,
+            producer_linger=settings.producer_linger_ms / 1000,
             web_in_thread=False,
             autodiscover=False,
         )
@@ -369,7 +369,7 @@ class QuotaApp:
                 return
             owned = actives()
             self.active_inputs = frozenset(owned)
-            self._index(owned - self.indexed)
+            await self._index(owned - self.indexed)
             for partition, tick_us in self.ticker.pending(owned & self.indexed):
                 await self.ticks.send(value=str(tick_us).encode(), partition=partition)
             await self.desk.expire_due(owned & self.indexed)
@@ -412,8 +412,13 @@ class QuotaApp:
             else:
                 per.pop(r, None)
 
-    def _index(self, partitions: set[int]) -> None:
-        """Scan the tenants of newly owned partitions: deadlines (ticks) and totals."""
+    async def _index(self, partitions: set[int]) -> None:
+        """Scan the tenants of newly owned partitions: deadlines (ticks) and totals.
+
+        One partition at a time, each in one go (so no change of that partition can fall
+        between its scan and ``add_totals``), yielding to the event loop in between: with a
+        hundred thousand tenants the whole scan takes seconds, and the HTTP API and the agents
+        keep answering meanwhile."""
         from streams.enforce import SYSTEM, TenantRecord
         from streams.quota import next_deadline, tenant_totals
 
@@ -421,6 +426,9 @@ class QuotaApp:
         if not hasattr(store, "_db_for_partition"):
             return
         for p in sorted(partitions):
+            await asyncio.sleep(0)
+            if self.app.rebalancing or p not in self.active_inputs:
+                return  # moved meanwhile: the next round indexes what is owned then
             totals: dict[str, int] = {}
             db = store._db_for_partition(p)
             for key, raw in db.items():

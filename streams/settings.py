@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     replication_factor: int = Field(default=1, ge=1)
     # lz4 (native, via cramjam) costs a fraction of gzip, which aiokafka runs in pure Python
     compression: Literal["lz4", "zstd", "gzip", "snappy", "none"] = "lz4"
+    # How long the worker's producer waits to fill a batch (outputs and changelog records).
+    producer_linger_ms: int = Field(default=10, ge=0, le=1000)
 
     # --- Worker -----------------------------------------------------------------------------
     # Consumer group and table namespace. Unset, it is "novaquota-enforcement" under the
