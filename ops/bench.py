@@ -71,6 +71,8 @@ __all__ = [
     "BenchOptions",
     "compare",
     "flatten",
+    "format_headline",
+    "headline",
     "main",
     "plot",
     "run_bench",
@@ -84,6 +86,56 @@ TARGETS = {
     "worker_rss_mb_at_1m_quotas_and_1m_instances": 500,
     "restart_warm_seconds_at_1m_keys": 10,
 }
+
+# The design's targets as (figure, dotted path in ``flatten``, target, "min" or "max", scale):
+# a figure is "met" when it is at least (min) or at most (max) the target; ``scale`` names the
+# option the target is defined at (the memory and restart targets hold for 1,000,000 keys).
+HEADLINE: tuple[tuple[str, str, float, str, str | None], ...] = (
+    ("enforcement events/s", "throughput.enforcement.events_per_second", 20_000, "min", None),
+    ("÷ raw consume", "throughput.enforcement.ratio_to_raw_consume", 0.25, "min", None),
+    ("violation p99 ms at 5,000 ev/s", "latency.loads[5000].p99_ms", 100, "max", None),
+    ("batch checks/s", "checks.batch.checks_per_s", 20_000, "min", None),
+    ("single check p99 ms at 1,000/s", "checks.single.latency.p99_ms", 5, "max", None),
+    ("dashboard read p99 ms at 200/s", "checks.reads.latency.p99_ms", 10, "max", None),
+    ("worker RSS MB, loaded", "memory.loaded_rss_mb", 500, "max", "keys"),
+    ("projection rebuild records/s", "projections.rebuild.per_second", 50_000, "min", None),
+    ("projection ÷ raw consume", "projections.ratio_to_raw", 0.3, "min", None),
+    ("warm restart to serving, s", "restart.warm.seconds_to_serving", 10, "max", "keys"),
+    ("cold restore to serving, s", "restart.cold.seconds_to_serving", math.inf, "max", "keys"),
+)
+
+
+def headline(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The design's figures of a report against their targets (those the report has)."""
+    figures = flatten(report)
+    keys = report.get("options", {}).get("keys")
+    rows = []
+    for name, path, target, kind, scale in HEADLINE:
+        if path not in figures:
+            continue
+        value = figures[path]
+        met = value >= target if kind == "min" else value <= target
+        row: dict[str, Any] = {"figure": name, "path": path, "value": value}
+        if math.isfinite(target):
+            row.update(target=target, kind=kind, met=met)
+        if scale == "keys":
+            row["keys"] = keys
+            if keys != 1_000_000 and math.isfinite(target):
+                row["met"] = None  # the target is defined at 1,000,000 keys
+        rows.append(row)
+    return rows
+
+
+def format_headline(rows: list[dict[str, Any]]) -> str:
+    width = max((len(r["figure"]) for r in rows), default=10)
+    lines = [f"{'figure':<{width}}  {'value':>12}  {'target':>10}  met"]
+    for r in rows:
+        target = r.get("target")
+        t = "-" if target is None else f"{'≥' if r['kind'] == 'min' else '≤'}{target:g}"
+        met = {True: "yes", False: "no", None: "n/a"}[r.get("met")]
+        note = f"  (at {r['keys']:,} keys)" if r.get("keys") else ""
+        lines.append(f"{r['figure']:<{width}}  {r['value']:>12,.4g}  {t:>10}  {met}{note}")
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -809,6 +861,7 @@ def run_bench(
         report[name] = result
         if progress:
             progress(f"bench: {name} done in {result['section_seconds']} s")
+    report["headline"] = headline(report)
     return report
 
 
@@ -821,7 +874,7 @@ def flatten(report: dict[str, Any], prefix: str = "") -> dict[str, float]:
     """Every numeric figure of a report by its dotted path (lists of loads by rate)."""
     out: dict[str, float] = {}
     for k, v in report.items():
-        if k in ("options", "targets", "machine", "rss_samples"):
+        if k in ("options", "targets", "machine", "rss_samples", "headline"):
             continue
         path = f"{prefix}{k}"
         if isinstance(v, bool):
@@ -1014,6 +1067,7 @@ def main(argv: list[str], settings: Settings) -> int:
             shutil.rmtree(work_dir, ignore_errors=True)
     text = json.dumps(report, indent=2)
     print(text)
+    print(format_headline(report["headline"]), file=sys.stderr)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")

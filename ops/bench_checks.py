@@ -9,7 +9,9 @@ Figures (JSON):
   requests are sent on a schedule whatever the answers do, and latency is measured from the
   scheduled moment, so queueing is counted), p50/p90/p99/max, and the rate achieved;
 - ``reserve``: the same for ``reserve: true`` (a record through the tenant's agent) at a lower
-  load.
+  load;
+- ``reads``: the same for dashboard reads, ``GET /api/v1/quotas/utilization`` and
+  ``GET /api/v1/quotas`` of random tenants in turn (the design's 200 requests/s).
 
 The load generator runs on the same machine as the worker and takes CPU from it; the figures
 say what one worker answers under that condition.
@@ -206,26 +208,34 @@ async def _batch_rate(
     }
 
 
+Request = tuple[str, str, bytes | None]  # method, path and query, JSON body
+
+
+def _check_requests(rng: random.Random, tenants: int, n: int, *, reserve: bool) -> list[Request]:
+    return [
+        ("POST", "/api/v1/quotas/check", orjson.dumps(_request(rng, tenants, reserve=reserve)))
+        for _ in range(n)
+    ]
+
+
+def _read_requests(rng: random.Random, tenants: int, n: int) -> list[Request]:
+    paths = ("/api/v1/quotas/utilization", "/api/v1/quotas")
+    return [
+        ("GET", f"{paths[i % 2]}?entity_id=bt-{rng.randrange(tenants):06d}", None) for i in range(n)
+    ]
+
+
 async def _fixed_load(
-    session: aiohttp.ClientSession,
-    url: str,
-    tenants: int,
-    rate: float,
-    seconds: float,
-    *,
-    reserve: bool = False,
+    session: aiohttp.ClientSession, url: str, rate: float, requests: list[Request]
 ) -> dict[str, Any]:
-    rng = random.Random(13 if reserve else 12)
-    total = int(rate * seconds)
-    bodies = [orjson.dumps(_request(rng, tenants, reserve=reserve)) for _ in range(total)]
+    """Send ``requests`` on a fixed schedule of ``rate`` a second (open loop)."""
     latencies: list[float] = []
     errors = 0
 
-    async def one(body: bytes, scheduled: float) -> None:
+    async def one(method: str, path: str, body: bytes | None, scheduled: float) -> None:
         nonlocal errors
-        async with session.post(
-            f"{url}/api/v1/quotas/check", data=body, headers={"content-type": "application/json"}
-        ) as resp:
+        headers = {"content-type": "application/json"} if body is not None else None
+        async with session.request(method, url + path, data=body, headers=headers) as resp:
             await resp.read()
             if resp.status != 200:
                 errors += 1
@@ -233,12 +243,12 @@ async def _fixed_load(
 
     start = time.perf_counter() + 0.1
     tasks = []
-    for i, body in enumerate(bodies):
+    for i, (method, path, body) in enumerate(requests):
         at = start + i / rate
         delay = at - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.ensure_future(one(body, at)))
+        tasks.append(asyncio.ensure_future(one(method, path, body, at)))
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - start
     return {
@@ -250,16 +260,37 @@ async def _fixed_load(
 
 
 async def _measure(
-    url: str, tenants: int, *, seconds: float, single_rate: float, reserve_rate: float
+    url: str,
+    tenants: int,
+    *,
+    seconds: float,
+    single_rate: float,
+    reserve_rate: float,
+    read_rate: float,
 ) -> dict[str, Any]:
     conn = aiohttp.TCPConnector(limit=256)
+    rng = random.Random(12)
     async with aiohttp.ClientSession(connector=conn) as session:
         loaded = await _wait_loaded(session, url, tenants)
         await _batch_rate(session, url, tenants, 2, 4)  # warm-up
         batch = await _batch_rate(session, url, tenants, seconds, 4)
-        single = await _fixed_load(session, url, tenants, single_rate, seconds)
-        reserve = await _fixed_load(session, url, tenants, reserve_rate, seconds, reserve=True)
-    return {"load_wait_s": round(loaded, 1), "batch": batch, "single": single, "reserve": reserve}
+        n = int(single_rate * seconds)
+        single = await _fixed_load(
+            session, url, single_rate, _check_requests(rng, tenants, n, reserve=False)
+        )
+        n = int(reserve_rate * seconds)
+        reserve = await _fixed_load(
+            session, url, reserve_rate, _check_requests(rng, tenants, n, reserve=True)
+        )
+        n = int(read_rate * seconds)
+        reads = await _fixed_load(session, url, read_rate, _read_requests(rng, tenants, n))
+    return {
+        "load_wait_s": round(loaded, 1),
+        "batch": batch,
+        "single": single,
+        "reserve": reserve,
+        "reads": reads,
+    }
 
 
 def checks_section(
@@ -272,6 +303,7 @@ def checks_section(
     seconds: float = 10.0,
     single_rate: float = 1000.0,
     reserve_rate: float = 100.0,
+    read_rate: float = 200.0,
 ) -> dict[str, Any]:
     """Load ``tenants`` tenants' quotas into one fresh worker, then measure checks."""
     prefix = f"bench-checks-{uuid.uuid4().hex[:8]}."
@@ -301,7 +333,12 @@ def checks_section(
         wait_ready(url, proc, 180, log)
         measured = asyncio.run(
             _measure(
-                url, tenants, seconds=seconds, single_rate=single_rate, reserve_rate=reserve_rate
+                url,
+                tenants,
+                seconds=seconds,
+                single_rate=single_rate,
+                reserve_rate=reserve_rate,
+                read_rate=read_rate,
             )
         )
     finally:
@@ -322,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--single-rate", type=float, default=1000.0)
     p.add_argument("--reserve-rate", type=float, default=100.0)
+    p.add_argument("--read-rate", type=float, default=200.0, help="dashboard reads/s")
     p.add_argument("--out")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="novaquota-bench-checks-") as tmp:
@@ -334,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
             seconds=args.seconds,
             single_rate=args.single_rate,
             reserve_rate=args.reserve_rate,
+            read_rate=args.read_rate,
         )
     text = json.dumps(report, indent=2)
     print(text)

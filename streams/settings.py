@@ -88,8 +88,9 @@ class Settings(BaseSettings):
     session_timeout_seconds: float = Field(default=15.0, gt=1)
     # Memory bounds: parsed tenant records kept hot (estimated parsed bytes), and one RocksDB
     # block cache shared by every table and partition, memtables charged to it.
-    state_cache_mb: int = Field(default=64, ge=0)
+    state_cache_mb: int = Field(default=32, ge=0)
     rocksdb_memory_mb: int = Field(default=128, ge=8)
+    malloc_arenas: int = Field(default=2, ge=0)  # glibc M_ARENA_MAX for the worker (0: default)
     # How long the check API waits for the tenant's agent to decide a reserve (then 503).
     admission_timeout_seconds: float = Field(default=10.0, gt=0)
 

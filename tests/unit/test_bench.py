@@ -54,6 +54,27 @@ def test_compare_gives_new_over_old_ratios() -> None:
     assert "2.000" in text and "0.500" in text
 
 
+def test_headline_sets_figures_against_the_design_targets() -> None:
+    report = json.loads(json.dumps(REPORT))
+    report["options"]["keys"] = 1_000_000
+    report["memory"]["loaded_rss_mb"] = 480.0
+    report["checks"] = {"reads": {"latency": {"p99_ms": 12.5}}}
+    rows = {r["path"]: r for r in bench.headline(report)}
+    assert rows["throughput.enforcement.events_per_second"]["met"] is False  # 900 < 20,000
+    assert rows["latency.loads[5000].p99_ms"]["met"] is False  # 20 s > 100 ms
+    assert rows["memory.loaded_rss_mb"]["met"] is True  # 480 <= 500 at 1,000,000 keys
+    assert rows["restart.warm.seconds_to_serving"]["met"] is True  # 3 s <= 10 s
+    assert rows["checks.reads.latency.p99_ms"]["met"] is False
+    assert "target" not in rows["restart.cold.seconds_to_serving"]  # measured and reported
+    assert "checks.batch.checks_per_s" not in rows  # absent figures are left out
+    # memory and restart targets hold at 1,000,000 keys: smaller runs are not judged
+    report["options"]["keys"] = 100_000
+    rows = {r["path"]: r for r in bench.headline(report)}
+    assert rows["memory.loaded_rss_mb"]["met"] is None
+    text = bench.format_headline(bench.headline(report))
+    assert "n/a  (at 100,000 keys)" in text and "≤500" in text
+
+
 def test_plot_writes_a_png(tmp_path: Path) -> None:
     out = tmp_path / "plots" / "bench.png"
     bench.plot(REPORT, out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,14 @@ def test_rocksdb_databases_share_one_cache(tmp_path: Path) -> None:
     for db in dbs:
         db.close()
     assert isinstance(cache, rocksdict.Cache)
+
+
+def test_malloc_arenas_are_capped_where_glibc_is() -> None:
+    import ctypes.util
+
+    from streams.runner import limit_malloc_arenas
+
+    assert limit_malloc_arenas(0) is False  # 0 leaves glibc's default alone
+    libc = os.confstr("CS_GNU_LIBC_VERSION") or ""
+    if ctypes.util.find_library("c") and libc.startswith("glibc"):
+        assert limit_malloc_arenas(2) is True
