@@ -175,6 +175,12 @@ class QuotaApp:
             producer_max_batch_size=1024 * 1024,
             producer_max_request_size=4 * 1024 * 1024,
             producer_linger=settings.producer_linger_ms / 1000,
+            # Bounded read-ahead. Unbounded (Faust's default), every poll decoded all that the
+            # fetcher held, up to 1 MiB compressed per partition, into Python objects at once:
+            # ~130 MB more RSS with a backlog and more CPU per message (GC over the live objects).
+            broker_max_poll_records=1000,
+            consumer_max_fetch_size=256 * 1024,
+            stream_buffer_maxsize=1024,
             web_in_thread=False,
             autodiscover=False,
         )
