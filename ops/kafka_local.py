@@ -350,7 +350,13 @@ def _java() -> str:
 
 
 def _cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A random KRaft cluster id (URL-safe base64 of 16 bytes). Like Kafka's own
+    ``Uuid.randomUuid``, never one starting with "-": the storage tool's argument parser would
+    take it for an option (one format in 64 failed that way)."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
 
 
 def _is_local(host: str) -> bool:
