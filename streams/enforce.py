@@ -187,6 +187,21 @@ class InstanceRows(MutableMapping[str, q.InstanceState]):
     def __len__(self) -> int:
         return sum(1 for _ in self)
 
+    def restore(self, key: str, want: q.InstanceState) -> None:
+        """Make sure the row holds ``want`` or something newer (its write may have been lost
+        in a crash while the tenant record's write was not); send it again either way."""
+        rk = instance_row_key(self.tenant_id, key)
+        raw = self.table.get(rk)
+        if raw is not None:
+            cur = orjson.loads(raw)[2]
+            if cur is None or q.InstanceState.from_bytes(cur.encode()).version >= want.version:
+                self.table[rk] = raw  # present (or purged since): as it is
+                return
+            before: str | None = cur
+        else:
+            before = None
+        self.table[rk] = orjson.dumps([self.marker, before, want.to_bytes().decode()])
+
     def repair(self, keys: list[str]) -> None:
         """Re-write rows as they are, so a changelog record lost in a crash is sent again."""
         for key in keys:
@@ -403,17 +418,28 @@ class Enforcer:
         stream: str,
         offset: int,
     ) -> list[Emit]:
+        """A message the tenant record has applied came again (a crash before its offset was
+        committed): send its writes again so none is lost, and its outputs from the outbox.
+
+        The writes of one message go to several changelog partitions, and the producer sends
+        each partition's batch when that batch is due, so a crash can leave the record on the
+        broker without a row or dedup mark that was written before it. Those are rebuilt from
+        the message itself: an allocation's row is a function of its input, and a consumption
+        the record counted has this message's dedup mark."""
         if raw is not None:
             self.tenants[tenant.encode()] = raw
         keys: list[str] = []
+        marker = f"{stream}:{offset}"
         for inp in inputs:
             if isinstance(inp, q.Consumption) and self.dedup is not None:
                 dk = f"{tenant}{SEP}{inp.source}{SEP}{inp.event_id}".encode()
                 mark = self.dedup.get(dk)
-                if mark is not None:
-                    self.dedup[dk] = mark
+                self.dedup[dk] = marker.encode() if mark is None else mark
             if isinstance(inp, q.Allocation):
-                keys.append(inp.instance_key)
+                if isinstance(rec.state, q.TenantState) and q.allocation_writes_row(rec.state, inp):
+                    rows.restore(inp.instance_key, q.allocation_row(inp))
+                else:
+                    keys.append(inp.instance_key)
             elif isinstance(inp, q.Inventory):
                 keys.extend(item[0] for item in inp.instances)
         rows.repair(keys)
