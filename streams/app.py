@@ -178,9 +178,10 @@ class QuotaApp:
             # Bounded read-ahead. Unbounded (Faust's default), every poll decoded all that the
             # fetcher held, up to 1 MiB compressed per partition, into Python objects at once:
             # ~130 MB more RSS with a backlog and more CPU per message (GC over the live objects).
+            # The agents' buffers keep Faust's 4,096: a full buffer is where Faust's drain loop
+            # can drop a message when flow is suspended (see docs/operations.md, known issues).
             broker_max_poll_records=1000,
             consumer_max_fetch_size=256 * 1024,
-            stream_buffer_maxsize=1024,
             web_in_thread=False,
             autodiscover=False,
         )
