@@ -304,10 +304,12 @@ class QuotaApp:
 
         @app.timer(interval=2.0, on_leader=False)
         async def unstall_partitions() -> None:
-            """Watchdog over a Faust hazard: after a restart or a rebalance a worker was seen
+            """Watchdog over Faust hazards: after a restart or a rebalance a worker was seen
             ready and idle while some of its input partitions were left out of the consumer's
-            active set (or paused), their lag never read. An owned input partition that stays
-            inactive for 10 s while nothing is rebalancing or recovering is resumed."""
+            active set (or paused), their lag never read, or with a record skipped by the drain
+            loop so that commits stopped. An owned input partition that stays inactive for 10 s
+            while nothing is rebalancing or recovering is resumed; one that holds lag without a
+            commit for 30 s is read again from its committed offset."""
             consumer: Any = app.consumer
             if app.rebalancing or not tables_recovered(app) or app.in_recovery:
                 stalled_since.clear()
@@ -336,7 +338,7 @@ class QuotaApp:
                 elif now - last[1] >= 30.0:
                     log.warning(
                         "%s[%d]: lag %d and no commit for %.0fs (active %s, paused %s, "
-                        "flow %s); resuming it",
+                        "flow %s); reading it again from its committed offset %d",
                         tp.topic,
                         tp.partition,
                         high - done,
@@ -344,9 +346,16 @@ class QuotaApp:
                         tp in active,
                         tp in paused,
                         consumer.flow_active,
+                        done,
                     )
                     progress_seen[tp] = (done, now)
                     stalled_since[tp] = now - 10.0  # resumed below
+                    # Faust's drain loop can mark a record read without handing it to the
+                    # agent (flow suspended while the hand-over waited for buffer room): it is
+                    # never acknowledged and commits stop there. Reading again from the
+                    # committed offset delivers it; records already processed come again as
+                    # replays (Faust ignores their second ack, the guards their effect).
+                    await consumer.seek(tp, done)
             out |= {tp for tp, t in stalled_since.items() if now - t >= 10.0}
             for tp in list(stalled_since):
                 if tp not in out:

@@ -18,7 +18,7 @@ from .admission import (
     release_grant,
 )
 from .config import DEFAULT_CONFIG, Config
-from .decide import allocation_row, allocation_writes_row, apply, apply_system
+from .decide import allocation_row, apply, apply_system
 from .exceptions import QuotaCoreError, StateVersionError
 from .inputs import (
     Allocation,
@@ -112,7 +112,6 @@ __all__ = [
     "ViolationOpened",
     "ViolationResolved",
     "allocation_row",
-    "allocation_writes_row",
     "apply",
     "apply_system",
     "bucket_of",

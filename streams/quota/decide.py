@@ -428,11 +428,6 @@ def allocation_row(inp: Allocation) -> InstanceState:
     )
 
 
-def allocation_writes_row(st: TenantState, inp: Allocation) -> bool:
-    """Whether ``_allocation`` gets as far as writing a row (not refused outright)."""
-    return inp.scope.tenant_id == st.tenant_id and _bad_amounts(inp.resources) is None
-
-
 def _allocation(
     st: TenantState, instances: Instances, inp: Allocation, cfg: Config, out: Out
 ) -> None:

@@ -1,6 +1,6 @@
 """Replays of a message the tenant record has applied, after a crash that lost some of its
-writes: the record's changelog write reached the broker, an instance row or a dedup mark
-written before it did not (each changelog partition's batch is sent when it is due)."""
+writes: the record's changelog write reached the broker, a dedup mark written before it did not
+(each changelog partition's batch is sent when it is due)."""
 
 from __future__ import annotations
 
@@ -54,20 +54,6 @@ class World:
     def crash(self) -> None:
         """A new process: nothing cached."""
         self.enforcer.forget()
-
-
-def test_a_lost_instance_row_is_rebuilt_when_its_message_comes_again() -> None:
-    w = World()
-    created = _event("vm.created", "e1", T0, vm_id="vm-1", cpu=2, memory=8192)
-    w.process(created, 10)
-    assert w.usage() == {"cpu": 2_000_000, "memory": 8192 * 1_000_000, "instances": 1_000_000}
-    # the crash: the tenant record (guard 10) is on the broker, the row is not
-    w.instances.clear()
-    w.crash()
-    w.process(created, 10)  # redelivered: offset 10 was never committed
-    assert len(w.instances) == 1
-    w.process(_event("vm.deleted", "e2", "2026-11-20T10:05:00Z", vm_id="vm-1"), 11)
-    assert w.usage() == {}  # the deletion found the row and gave the VM back
 
 
 def test_a_row_newer_than_the_replayed_message_is_kept() -> None:
