@@ -18,7 +18,7 @@ from .admission import (
     release_grant,
 )
 from .config import DEFAULT_CONFIG, Config
-from .decide import allocation_row, apply, apply_system
+from .decide import apply, apply_system
 from .exceptions import QuotaCoreError, StateVersionError
 from .inputs import (
     Allocation,
@@ -111,7 +111,6 @@ __all__ = [
     "Tick",
     "ViolationOpened",
     "ViolationResolved",
-    "allocation_row",
     "apply",
     "apply_system",
     "bucket_of",

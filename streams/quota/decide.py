@@ -411,23 +411,6 @@ def _current(st: TenantState, instances: Instances, key: str, cfg: Config) -> In
     return cur
 
 
-def allocation_row(inp: Allocation) -> InstanceState:
-    """The instance row an allocation writes when it takes effect (a function of the input
-    alone, so a replay can tell whether the row it wrote survived a crash)."""
-    release = bool(inp.release)
-    resources = {} if release else {r: a for r, a in inp.resources.items() if a}
-    return InstanceState(
-        inp.scope,
-        resources,
-        not release,
-        inp.system,
-        inp.time_us,
-        release,
-        inp.source,
-        inp.event_id,
-    )
-
-
 def _allocation(
     st: TenantState, instances: Instances, inp: Allocation, cfg: Config, out: Out
 ) -> None:
@@ -445,7 +428,17 @@ def _allocation(
     old = _current(st, instances, key, cfg)
     if old is not None and old.version >= (inp.time_us, release, inp.source, inp.event_id):
         return  # a duplicate, or older than what the instance already reflects
-    new = allocation_row(inp)
+    resources = {} if release else {r: a for r, a in inp.resources.items() if a}
+    new = InstanceState(
+        inp.scope,
+        resources,
+        not release,
+        inp.system,
+        inp.time_us,
+        release,
+        inp.source,
+        inp.event_id,
+    )
     instances[key] = new
     touched: _Touched = {}
     _move(st, old, new, touched, inp.time_us, inp.event_id, out)
