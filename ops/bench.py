@@ -64,7 +64,7 @@ from ops.processes import (
 from ops.publish import make_producer
 from ops.topics import create_topics
 from ops.workload import Workload, WorkloadSpec, bulk_load, iso_us, tenant_key
-from streams.settings import Settings
+from streams.settings import Settings, ensure_dir
 
 __all__ = [
     "SECTIONS",
@@ -147,6 +147,7 @@ class BenchOptions:
     latency_rates: tuple[float, ...] = (300.0, 5000.0)
     latency_seconds: float = 15.0
     latency_tenants: int = 1000
+    identities: int = 7_000_000
     drain_timeout: float = 300.0
     timeout: float = 1800.0
 
@@ -204,7 +205,7 @@ class _Worker:
         return self.dir / "worker.log"
 
     def start(self) -> _Worker:
-        (self.state_dir or self.dir / "state").mkdir(parents=True, exist_ok=True)
+        ensure_dir(self.state_dir or self.dir / "state")
         env = worker_env(
             bootstrap=self.settings.bootstrap_servers,
             topic_prefix=self.settings.topic_prefix,
@@ -795,6 +796,26 @@ def projections_section(
     )
 
 
+def identities_section(
+    settings: Settings,
+    *,
+    tenants: int,
+    seed: int,
+    partitions: int,
+    work_dir: Path,
+    opts: BenchOptions = DEFAULT_OPTIONS,
+) -> dict[str, Any]:
+    return _optional(
+        "ops.bench_identities",
+        "identities_section",
+        settings=settings,
+        count=opts.identities,
+        tenants=tenants,
+        seed=seed,
+        work_dir=work_dir,
+    )
+
+
 SECTIONS: dict[str, Section] = {
     "core": core_section,
     "throughput": throughput_section,
@@ -803,6 +824,7 @@ SECTIONS: dict[str, Section] = {
     "restart": restart_section,
     "checks": checks_section,
     "projections": projections_section,
+    "identities": identities_section,
 }
 
 
@@ -826,7 +848,7 @@ def run_bench(
     )
     base.__dict__.pop("topics", None)
     wd = work_dir or Path(tempfile.mkdtemp(prefix="novaquota-bench-"))
-    wd.mkdir(parents=True, exist_ok=True)
+    ensure_dir(wd)
     report: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {
@@ -977,7 +999,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
             ax.text(0.5, 0.5, note, ha="center", va="center", transform=ax.transAxes)
     fig.suptitle(f"novaquota bench {report.get('when', '')}")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(path.parent)
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
@@ -1010,6 +1032,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--latency-seconds", type=float, default=15.0, help="seconds per load level")
     p.add_argument("--latency-tenants", type=int, default=1000)
+    p.add_argument(
+        "--identities", type=int, default=7_000_000, help="(source, id) identities (identities)"
+    )
     p.add_argument("--timeout", type=float, default=1800.0, help="per worker wait, seconds")
     p.add_argument("--work-dir", type=Path, help="worker logs and state (default: a temp dir)")
     p.add_argument("--out", type=Path, help="also write the JSON report to this file")
@@ -1030,7 +1055,7 @@ def main(argv: list[str], settings: Settings) -> int:
     unknown = [x for x in only or () if x not in SECTIONS]
     if unknown:
         parser.error(f"unknown section(s) {', '.join(unknown)}; one of {', '.join(SECTIONS)}")
-    for name in ("events", "tenants", "partitions", "keys", "latency_tenants"):
+    for name in ("events", "tenants", "partitions", "keys", "latency_tenants", "identities"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     old = None
@@ -1045,6 +1070,7 @@ def main(argv: list[str], settings: Settings) -> int:
         latency_rates=args.latency_rates,
         latency_seconds=args.latency_seconds,
         latency_tenants=args.latency_tenants,
+        identities=args.identities,
         timeout=args.timeout,
     )
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # stop the workers on the way out
@@ -1069,7 +1095,7 @@ def main(argv: list[str], settings: Settings) -> int:
     print(text)
     print(format_headline(report["headline"]), file=sys.stderr)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
+        ensure_dir(args.out.parent)
         args.out.write_text(text + "\n")
     if args.plot:
         plot(report, args.plot)

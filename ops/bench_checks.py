@@ -40,7 +40,7 @@ from ops.processes import free_port, spawn, stop, wait_ready, worker_env
 from ops.publish import make_producer
 from ops.topics import create_topics
 from schemas.templates import BUILTIN_TEMPLATES
-from streams.settings import Settings
+from streams.settings import Settings, ensure_dir
 
 __all__ = ["checks_section", "main"]
 
@@ -377,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
+        ensure_dir(Path(args.out).parent)
         Path(args.out).write_text(text + "\n")
     return 0
 

@@ -352,7 +352,9 @@ def run_demo(settings: Settings, opts: DemoOptions) -> int:
 
 
 def main(argv: list[str], settings: Settings) -> int:
-    p = argparse.ArgumentParser(prog="novaquota demo", description=(__doc__ or "").split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="novaquota demo", description=" ".join((__doc__ or "").split("\n\n")[0].split())
+    )
     p.add_argument("--rate", type=float, default=200.0, help="mean resource events per second")
     p.add_argument("--tenants", type=int, default=200)
     p.add_argument("--duration", type=float, default=None, help="seconds (default: until Ctrl-C)")

@@ -56,7 +56,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from streams.settings import Settings
+from streams.settings import Settings, ensure_dir
 
 __all__ = [
     "KafkaLocalError",
@@ -162,7 +162,7 @@ def _answers_kafka(bootstrap: str, timeout: float = 5.0) -> bool:
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
     """An exclusive advisory lock (serialises concurrent downloads); a no-op without fcntl."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(path.parent)
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX
@@ -199,7 +199,7 @@ def ensure_jars(settings: Settings) -> Path:
                 "maven) or run a broker yourself (docker compose -f docker-compose.kafka.yml up -d)"
             )
         work = paths.version_dir / "mvn-work"
-        work.mkdir(parents=True, exist_ok=True)
+        ensure_dir(work)
         (work / "pom.xml").write_bytes(_resource("pom.xml"))
         tmp = paths.version_dir / f"lib.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -411,7 +411,7 @@ def _base_cmd(java: str, settings: Settings, paths: _Paths, lib: Path) -> list[s
 def _format_storage(java: str, settings: Settings, paths: _Paths, lib: Path) -> None:
     if (paths.data / "meta.properties").exists():
         return  # warm start: keep the data
-    paths.data.mkdir(parents=True, exist_ok=True)
+    ensure_dir(paths.data)
     cmd = [
         *_base_cmd(java, settings, paths, lib),
         "kafka.tools.StorageTool",
@@ -466,7 +466,7 @@ def start(settings: Settings, *, timeout: float = 180.0) -> dict[str, Any]:
     """
     deadline = time.monotonic() + timeout
     paths = _Paths(settings)
-    paths.home.mkdir(parents=True, exist_ok=True)
+    ensure_dir(paths.home)
 
     pid = _our_pid(paths)
     if pid is not None:

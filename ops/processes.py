@@ -14,6 +14,8 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
+from streams.settings import ensure_dir
+
 __all__ = [
     "cpu_seconds",
     "events_processed",
@@ -32,7 +34,7 @@ def spawn(
 ) -> subprocess.Popen[bytes]:
     """``python -m module argv...`` in its own session (so stop() reaches its children), with
     stdout and stderr appended to ``log_path``."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(log_path.parent)
     with open(log_path, "ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", module, *argv],

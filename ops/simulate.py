@@ -20,10 +20,11 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from ops.workload import US, Workload, WorkloadSpec, is_command, tenant_key, to_jsonl
-from streams.settings import Settings
+from streams.settings import Settings, ensure_dir
 
 __all__ = [
     "SimulationResult",
@@ -97,6 +98,8 @@ def write_jsonl(
     path: str, spec: WorkloadSpec, duration_s: float, *, setup: bool = True
 ) -> SimulationResult:
     result = SimulationResult()
+    if path != "-":
+        ensure_dir(Path(path).parent)
     out = sys.stdout.buffer if path == "-" else open(path, "wb")  # noqa: SIM115
     try:
         buf: list[bytes] = []

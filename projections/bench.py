@@ -27,7 +27,7 @@ from ops.workload import Workload, WorkloadSpec
 from projections.config import ProjectionSettings
 from projections.store import RocksStore
 from projections.worker import ProjectionWorker
-from streams.settings import Settings
+from streams.settings import Settings, ensure_dir
 
 __all__ = ["main", "rebuild_section"]
 
@@ -196,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     body = orjson.dumps(section, option=orjson.OPT_INDENT_2)
     if args.output:
+        ensure_dir(args.output.parent)
         args.output.write_bytes(body)
     print(body.decode())
     return 0

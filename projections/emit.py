@@ -59,6 +59,11 @@ def _dec(x: float, places: int = 6) -> Decimal:
     return Decimal(str(round(x, places)))
 
 
+def _pct(value: float, limit: float) -> float | None:
+    """Percent of ``limit``; None for a zero limit (contract section 5: null, never infinite)."""
+    return value / limit * 100.0 if limit else None
+
+
 def _alert(
     tenant: str,
     level: str,
@@ -69,7 +74,7 @@ def _alert(
     time_us: int,
     *,
     threshold: float | None,
-    utilization: float,
+    utilization: float | None,
     severity: str,
     message: str,
 ) -> Emission:
@@ -81,7 +86,7 @@ def _alert(
         resource_type=resource,
         kind=kind,
         threshold=_dec(threshold, 3) if threshold is not None else None,
-        utilization=_dec(utilization, 3),
+        utilization=_dec(utilization, 3) if utilization is not None else None,
         severity=severity,
         message=message,
         detected_at=us_to_datetime(time_us),
@@ -108,7 +113,9 @@ def _budget_month(
     for (tenant, level, entity), budget in sorted(state.budgets.items()):
         limit = float(budget.monthly_usd)
         summary = entity_cost(state, (tenant, level, entity), catalogue, m0, max(m0 + 1, until))
-        for thr in budget.thresholds:
+        # A zero budget has no thresholds (each would be "reached" at the month's start with no
+        # cost at all); its budget_exceeded violation, at the first cost, says it all.
+        for thr in budget.thresholds if limit else ():
             amount = limit * float(thr) / 100.0
             t = crossing_time(summary, amount)
             if t is None or t > until:
@@ -258,7 +265,7 @@ def _entity_alerts(
     tenant, level, entity, rt = key
     day = format_us(end)[:10]
     out: list[Emission] = []
-    if forecast is not None:
+    if forecast is not None and limit > 0:  # a zero limit has nothing left to exhaust
         fc = forecast.fit_forecast(series, horizon_hours, level=0.95)
         ex = forecast.time_to_exhaustion(fc, limit)
         if ex is not None:
@@ -268,7 +275,7 @@ def _entity_alerts(
                 _alert(
                     tenant, level, entity, rt, "forecast", aid, end,
                     threshold=100.0,
-                    utilization=float(series.iloc[-1]) / limit * 100.0,
+                    utilization=_pct(float(series.iloc[-1]), limit),
                     severity="warning",
                     message=(
                         f"{rt} of {level} {entity} is forecast to reach its limit "
@@ -286,7 +293,7 @@ def _entity_alerts(
                 _alert(
                     tenant, level, entity, rt, "anomaly", aid, end,
                     threshold=None,
-                    utilization=a.value / limit * 100.0,
+                    utilization=_pct(a.value, limit),
                     severity="warning",
                     message=(
                         f"{rt} of {level} {entity} was {a.value:g} in the hour to "

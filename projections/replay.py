@@ -47,7 +47,7 @@ from streams import quota as q
 from streams.enforce import SYSTEM, Emit, Enforcer, Rejection
 from streams.quota.state import C_START, E_AT, G_EVENT, G_PROJECT, G_RES, G_SOURCE, G_TIME, G_USER
 from streams.quota.units import SEP, entity_key, split_entity_key, split_quota_key
-from streams.settings import Settings, TopicNames
+from streams.settings import Settings, TopicNames, ensure_dir
 from streams.translate import with_tenant
 
 __all__ = [
@@ -115,11 +115,10 @@ def amount(micros: int | None) -> str | None:
 
 
 def percent(used: int, limit: int | None) -> str | None:
-    """used / limit * 100, exact, rounded half-even to 2 places (None without a limit)."""
-    if limit is None:
+    """used / limit * 100, exact, rounded half-even to 2 places; None without a limit and for a
+    zero limit, which has no percentage (contract section 5: null in every view)."""
+    if not limit:
         return None
-    if limit == 0:
-        return "0.00" if used == 0 else None
     return str((Decimal(used * 100) / Decimal(limit)).quantize(_CENT, ROUND_HALF_EVEN))
 
 
@@ -425,11 +424,10 @@ class ReplayEngine:
         except Rejection as exc:
             self._dead(rec, exc.reason, exc.message, decoded)
             return
+        if self.enforcer.last_duplicate:
+            self.counts["duplicates"] += 1
+            return
         if decoded.type == "api.requests":
-            dk = f"{tenant}{SEP}{decoded.source}{SEP}{decoded.id}".encode()
-            if self.dedup.get(dk) != f"{stream}:{rec.offset}".encode():
-                self.counts["duplicates"] += 1
-                return
             scope = q.Scope(tenant, data.project_id, data.user_id)
             self.consumption.setdefault(tenant, []).append(
                 (decoded.time_us, _chain(scope), int(data.count), cite)
@@ -1136,7 +1134,7 @@ def write_output(data: bytes, out: Path | None) -> None:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
         return
-    out.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out.parent)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_bytes(data)
     tmp.replace(out)

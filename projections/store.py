@@ -20,6 +20,7 @@ import orjson
 
 from projections.exceptions import ProjectionError
 from projections.folds import DAY_MINUTES, Budget, Held, ProjectionState, QuotaChange
+from streams.settings import ensure_dir
 
 __all__ = ["FORMAT_VERSION", "Loaded", "MemoryStore", "RocksStore", "ViewStore"]
 
@@ -219,7 +220,7 @@ class RocksStore(ViewStore):
     def __init__(self, path: Path, *, cache_mib: int = 64) -> None:
         from rocksdict import BlockBasedOptions, Cache, Options, Rdict
 
-        path.mkdir(parents=True, exist_ok=True)
+        ensure_dir(path)  # with its parents: ./var/projections/views in a fresh checkout
         opts = Options(raw_mode=True)
         opts.create_if_missing(True)
         opts.set_write_buffer_size(32 * 1024 * 1024)

@@ -296,7 +296,15 @@ def _usage_now(state: ProjectionState, key: SeriesKey) -> float:
     return sum(row[0] for m, row in minutes.items() if m <= wm) / 1e6
 
 
-def _status(util: float) -> str:
+def _utilization(used: float, limit: float) -> float | None:
+    """Percent of the limit; None for a zero limit, which has no percentage (contract
+    section 5: null in every view) instead of an infinity that JSON cannot carry."""
+    return used / limit * 100.0 if limit else None
+
+
+def _status(util: float | None, used: float) -> str:
+    if util is None:  # a zero limit: any usage is over it
+        return "exceeded" if used > 0 else "ok"
     if util > 100.0:
         return "exceeded"
     if util >= 95.0:
@@ -323,10 +331,10 @@ def overview(
             continue
         used = _usage_now(state, key)
         limit = quota.limit / 1e6
-        util = used / limit * 100.0 if limit else (0.0 if used == 0 else float("inf"))
-        status = _status(util)
+        util = _utilization(used, limit)
+        status = _status(util, used)
         counts[status] += 1
-        if np.isfinite(util):
+        if util is not None:
             utils.append(util)
         quotas.append(
             {"resource_type": key[3], "limit": _num(limit), "used": _num(used),

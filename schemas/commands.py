@@ -16,7 +16,6 @@ from pydantic import (
     ConfigDict,
     Field,
     NonNegativeInt,
-    PositiveInt,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -139,7 +138,7 @@ class QuotaSpec(BaseModel):
     limit: Amount
     limit_type: LimitType = "hard"
     burst_limit: Amount | None = None
-    burst_seconds: PositiveInt | None = None
+    burst_seconds: NonNegativeInt | None = None  # 0: the burst clock expires at once
     grace_seconds: NonNegativeInt | None = None
     window: Window | None = None
     status: Status = "active"

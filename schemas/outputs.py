@@ -95,7 +95,9 @@ class QuotaAlert(Output):
     resource_type: ResourceType
     kind: AlertKind
     threshold: Number | None = None
-    utilization: Number
+    utilization: Number | None
+    """Percent of the limit; null for a zero limit ("none of this resource", contract section 5),
+    finite otherwise. Always present, so a reader can tell "no percentage" from a missing field."""
     severity: Severity
     message: str
     detected_at: Timestamp | None = None

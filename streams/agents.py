@@ -23,7 +23,8 @@ from aiokafka.partitioner import murmur2
 
 from schemas.codec import DecodeLimits, decode
 from schemas.exceptions import DecodeError
-from streams.enforce import Emit, Enforcer, Rejection
+from streams.enforce import Emit, Enforcer, Identities, Rejection
+from streams.faust_compat import committed_offset, partition_db, table_rows
 from streams.ingest import dead_letter_headers
 from streams.translate import with_tenant
 
@@ -35,6 +36,12 @@ __all__ = ["home_partition", "register"]
 log = logging.getLogger(__name__)
 
 ORIGIN_HEADER = "novaquota-origin"
+TEMPLATE_IDENTITY = b"\x00identity"
+"""Key prefix of template.defined identities in the templates table (no template name has it)."""
+SWEEP_EVERY = 256
+SWEEP_BUDGET = 2048
+"""Expired identities are looked for among 2,048 stored ones every 256 messages of a partition:
+8 reads a message, so the store is read through in about an eighth of its size in messages."""
 
 
 def home_partition(tenant_id: str, partitions: int) -> int:
@@ -69,14 +76,14 @@ def register(qa: QuotaApp) -> None:
         from faust.streams import current_event
 
         event = current_event()
-        store: Any = qa.instances.data
-        if event is not None and hasattr(store, "_db_for_partition"):
-            db = store._db_for_partition(event.message.partition)
+        db = None if event is None else partition_db(qa.instances, event.message.partition)
+        if db is not None:
             for k, v in db.items(from_key=prefix):
                 if not k.startswith(prefix):
                     break
                 yield k, v
             return
+        store: Any = qa.instances.data
         for k in sorted(store.keys()):  # the in-memory store
             if k.startswith(prefix):
                 yield k, store[k]
@@ -93,9 +100,8 @@ def register(qa: QuotaApp) -> None:
         from faust.types import TP
 
         name, partition = stream.split(":")
-        offsets: Any = getattr(app.consumer, "_committed_offset", {})
-        value = offsets.get(TP(streams_by_short[name], int(partition)))
-        return -1 if value is None else int(value)
+        value = committed_offset(app, TP(streams_by_short[name], int(partition)))
+        return -1 if value is None else value
 
     enforcer = Enforcer(
         qa.tenants,
@@ -106,6 +112,7 @@ def register(qa: QuotaApp) -> None:
         committed=committed,
         cache_bytes=settings.state_cache_mb * 2**20,
     )
+    enforcer.fault_ids = frozenset(i for i in settings.fault_event_ids.split(",") if i)
     qa.enforcer = enforcer
 
     order = asyncio.Lock()
@@ -143,6 +150,54 @@ def register(qa: QuotaApp) -> None:
             },
         )
 
+    async def internal_error(
+        msg: Any, stage: str, exc: BaseException, event_id: str | None
+    ) -> None:
+        """An unexpected exception while applying one message: the enforcer left state as it
+        was; the message goes to the dead-letter topic and the partition goes on."""
+        metrics.internal_errors.labels(stage).inc()
+        log.error(
+            "internal error in %s at %s[%d]@%d (event %s)",
+            stage,
+            msg.topic,
+            msg.partition,
+            msg.offset,
+            event_id,
+            exc_info=exc,
+            extra={"stage": stage, **({"event_id": event_id} if event_id else {})},
+        )
+        await to_dead_letter(msg, "internal_error", f"{type(exc).__name__}: {exc}", event_id)
+
+    sweeps: dict[int, tuple[int, bytes | None]] = {}
+
+    def sweep_identities(partition: int) -> None:
+        """Every ``SWEEP_EVERY`` messages of a partition, look at the next ``SWEEP_BUDGET``
+        stored identities of that partition and delete the expired ones (local RocksDB only:
+        the changelog's retention drops them there, and a restored expired identity is
+        ignored by lookups until the sweep comes by again)."""
+        count, cursor = sweeps.get(partition, (0, b""))
+        count += 1
+        if count < SWEEP_EVERY:
+            sweeps[partition] = (count, cursor)
+            return
+        db = partition_db(qa.dedup, partition)
+        if db is None:
+            return
+        identities = enforcer.identities
+        assert identities is not None
+        nxt = identities.sweep(
+            table_rows(qa.dedup, partition, cursor or b""),
+            db.delete,
+            lambda tenant: watermark_of(tenant, partition),
+            SWEEP_BUDGET,
+        )
+        sweeps[partition] = (0, nxt)
+
+    def watermark_of(tenant: str, partition: int) -> int:
+        """The tenant's watermark; the partition's for a tenant gone (offboarded)."""
+        rec, raw = enforcer.load(tenant)
+        return rec.state.watermark_us if raw is not None else qa.ticker.watermark.get(partition, 0)
+
     async def send_all(emits: list[Emit]) -> None:
         for e in emits:
             await out_topics[e.topic].send(key=e.key, value=e.value)
@@ -151,6 +206,14 @@ def register(qa: QuotaApp) -> None:
 
     async def handle(event: Any) -> None:
         msg = event.message
+        event_id: str | None = None
+        try:
+            event_id = await apply(msg)
+        except Exception as exc:  # no input may stop a partition
+            await internal_error(msg, "apply", exc, event_id or _peek_id(msg))
+
+    async def apply(msg: Any) -> str | None:
+        """Decode, route and apply one input message; returns its CloudEvent id."""
         try:
             decoded = decode(
                 msg.value,
@@ -160,21 +223,17 @@ def register(qa: QuotaApp) -> None:
             )
         except DecodeError as exc:
             await to_dead_letter(msg, exc.reason, exc.message)
-            return
+            return None
         topic = msg.topic
         if decoded.type == "template.defined":
-            data: Any = decoded.data
-            qa.templates[data.name] = data.model_dump_json(
-                include={"name", "description", "quotas", "monthly_cost"}
-            )
-            metrics.events_processed.labels(decoded.type, "accepted").inc()
-            return
+            define_template(decoded, f"{short[topic]}:{msg.partition}:{msg.offset}")
+            return decoded.id
         tenant = decoded.tenant_id
         if tenant is None and msg.key:
             tenant = msg.key.decode("utf-8", "replace")
         if tenant is None:
             await to_dead_letter(msg, "missing_field", "data.tenant_id: required for routing")
-            return
+            return decoded.id
         home = home_partition(tenant, n_parts)
         if short[topic] != "rt" and msg.partition != home:
             await qa.routed.send(
@@ -186,7 +245,7 @@ def register(qa: QuotaApp) -> None:
                     (ORIGIN_HEADER, f"{topic}|{msg.partition}|{msg.offset}".encode()),
                 ],
             )
-            return
+            return decoded.id
         stream = f"{short[topic]}:{msg.partition}"
         # The agents share one event loop; the lock keeps a tenant's outputs in the order its
         # state changed when two agents (events, commands) interleave at a send.
@@ -195,13 +254,38 @@ def register(qa: QuotaApp) -> None:
                 emits = enforcer.process(with_tenant(decoded, tenant), stream, msg.offset)
             except Rejection as exc:
                 await to_dead_letter(msg, exc.reason, exc.message, decoded.id)
-                return
+                return decoded.id
+            except Exception as exc:
+                await internal_error(msg, "apply", exc, decoded.id)
+                return decoded.id
+            if enforcer.last_duplicate:
+                metrics.duplicates.labels(decoded.type).inc()
+                metrics.events_processed.labels(decoded.type, "duplicate").inc()
+                return decoded.id
             qa.ticker.note(msg.partition, tenant, enforcer.last_deadline, enforcer.last_watermark)
             if enforcer.totals_delta:
                 qa.add_totals(msg.partition, enforcer.totals_delta)
             await send_all(emits)
+        sweep_identities(msg.partition)
         metrics.events_processed.labels(decoded.type, "accepted").inc()
         metrics.event_lag.observe(max(0.0, time.time() - decoded.time_us / 1e6))
+        return decoded.id
+
+    def define_template(decoded: Any, marker: str) -> None:
+        """A custom template, kept in a global table; its identity is kept beside it, so a
+        second message with the same (source, id) is ignored as for every other input."""
+        identity = TEMPLATE_IDENTITY + Identities.key("", decoded.source, decoded.id)
+        held = qa.templates.get(identity)
+        if held is not None and held != marker.encode():
+            metrics.duplicates.labels(decoded.type).inc()
+            metrics.events_processed.labels(decoded.type, "duplicate").inc()
+            return
+        data: Any = decoded.data
+        qa.templates[data.name] = data.model_dump_json(
+            include={"name", "description", "quotas", "monthly_cost"}
+        )
+        qa.templates[identity] = marker.encode()
+        metrics.events_processed.labels(decoded.type, "accepted").inc()
 
     async def consume(stream: Any) -> None:
         async for event in stream.events():
@@ -214,7 +298,11 @@ def register(qa: QuotaApp) -> None:
             stream_id = f"tk:{msg.partition}"
             for tenant in qa.ticker.due(msg.partition, tick_us):
                 async with order:
-                    emits = enforcer.tick(tenant, tick_us, stream_id, msg.offset)
+                    try:
+                        emits = enforcer.tick(tenant, tick_us, stream_id, msg.offset)
+                    except Exception as exc:  # the tenant's state is as it was; go on
+                        await internal_error(msg, "tick", exc, f"tick:{tenant}")
+                        continue
                     qa.ticker.note(msg.partition, tenant, enforcer.last_deadline, tick_us)
                     if enforcer.totals_delta:
                         qa.add_totals(msg.partition, enforcer.totals_delta)
@@ -237,7 +325,11 @@ def register(qa: QuotaApp) -> None:
                     summed[r] = summed.get(r, 0) + a
             wm = max(w for _t, w in latest_totals.values())
             async with order:
-                emits = enforcer.system_totals(summed, wm, f"st:{msg.partition}", msg.offset)
+                try:
+                    emits = enforcer.system_totals(summed, wm, f"st:{msg.partition}", msg.offset)
+                except Exception as exc:
+                    await internal_error(msg, "system_totals", exc, None)
+                    continue
                 await send_all(emits)
 
     desk = qa.desk
@@ -246,6 +338,7 @@ def register(qa: QuotaApp) -> None:
         """Check-and-reserve, release and TTL records of the check API, decided in order."""
         async for event in stream.events():
             msg = event.message
+            body: Any = None
             try:
                 body = orjson.loads(msg.value)
                 stream_id = f"ad:{msg.partition}"
@@ -255,9 +348,12 @@ def register(qa: QuotaApp) -> None:
             except Rejection as exc:
                 desk.resolve(body.get("request_id"), exc)
                 continue
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                # written only by the check API: a bad record is a bug, not user input
-                log.error("skipped a malformed admission record at %d: %r", msg.offset, exc)
+            except Exception as exc:
+                # written only by the check API: a bad record, or one the rules fail on, is a
+                # bug, not user input; the caller gets an error and the partition goes on
+                await internal_error(msg, "admission", exc, None)
+                if isinstance(body, dict):
+                    desk.resolve(body.get("request_id"), exc)
                 continue
             desk.resolve(body.get("request_id"), result)
 
@@ -267,6 +363,18 @@ def register(qa: QuotaApp) -> None:
     app.agent(qa.ticks, name="ticks", concurrency=1)(consume_ticks)
     app.agent(qa.system_totals, name="system-totals", concurrency=1)(consume_system_totals)
     app.agent(qa.admission, name="admission", concurrency=1)(consume_admission)
+
+
+def _peek_id(msg: Any) -> str | None:
+    """The CloudEvent id of a message that could not be applied, for the log, if it has one."""
+    for k, v in msg.headers or ():
+        if k == "ce_id":
+            return bytes(v).decode("utf-8", "replace")
+    try:
+        body = orjson.loads(msg.value)
+    except (orjson.JSONDecodeError, TypeError):
+        return None
+    return str(body.get("id")) if isinstance(body, dict) and "id" in body else None
 
 
 def _origin(msg: Any) -> tuple[str, int, int]:

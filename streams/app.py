@@ -7,7 +7,6 @@ core (``streams.quota``), store, send. Everything a user can observe is declared
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import faust
 import orjson
 
+from streams import faust_compat
 from streams.metrics import Metrics
 from streams.settings import Settings
 from streams.ticks import Ticker
@@ -28,7 +28,8 @@ def rocksdb_options() -> dict[str, Any]:
     """RocksDB per table and partition. Faust's defaults (3 x 64 MiB write buffers per
     database) multiply into gigabytes with 12 partitions and several tables. A fresh dict each
     time: Faust pops keys out of the one it is given. No block cache size here: one cache,
-    with the memtables charged to it, serves every database (``share_rocksdb_memory``)."""
+    with the memtables charged to it, serves every database
+    (``faust_compat.share_rocksdb_memory``)."""
     return {
         "driver": "rocksdict",
         "write_buffer_size": 4 * 1024 * 1024,
@@ -36,115 +37,11 @@ def rocksdb_options() -> dict[str, Any]:
     }
 
 
-_shared_rocksdb: dict[str, Any] = {}
-
-
-def share_rocksdb_memory(total_bytes: int) -> None:
-    """One block cache for every table and partition database of this process, with the
-    memtables charged to it through a write-buffer manager, so RocksDB's memory is bounded by
-    ``total_bytes`` whatever the number of partitions and tables (RocksDB's documented way to
-    cap the memory of many databases: a shared ``Cache`` and a ``WriteBufferManager`` costed
-    to it). Faust builds options per database with a cache of its own; this replaces that."""
-    import rocksdict
-    from faust.stores.rocksdb import RocksDBOptions
-
-    cache = rocksdict.Cache(total_bytes)
-    _shared_rocksdb["cache"] = cache
-    _shared_rocksdb["write_buffers"] = (
-        rocksdict.WriteBufferManager.new_write_buffer_manager_with_cache(
-            total_bytes // 2, False, cache
-        )
-    )
-    if getattr(RocksDBOptions, "novaquota_shared", False):
-        return
-    RocksDBOptions.novaquota_shared = True  # type: ignore[attr-defined]
-    own_options = RocksDBOptions.as_options
-
-    def as_options(self: Any) -> Any:
-        if not self.use_rocksdict:
-            return own_options(self)
-        opts = rocksdict.Options(raw_mode=True)
-        opts.create_if_missing(True)
-        opts.set_max_open_files(self.max_open_files)
-        opts.set_write_buffer_size(self.write_buffer_size)
-        opts.set_target_file_size_base(self.target_file_size_base)
-        opts.set_max_write_buffer_number(self.max_write_buffer_number)
-        opts.set_write_buffer_manager(_shared_rocksdb["write_buffers"])
-        table = rocksdict.BlockBasedOptions()
-        table.set_bloom_filter(self.bloom_filter_size, block_based=True)
-        table.set_block_cache(_shared_rocksdb["cache"])
-        table.set_cache_index_and_filter_blocks(True)
-        table.set_index_type(rocksdict.BlockBasedIndexType.binary_search())
-        opts.set_block_based_table_factory(table)
-        return opts
-
-    RocksDBOptions.as_options = as_options  # type: ignore[method-assign]
-
-
-def _keep_partitions_flowing() -> None:
-    """Work around a Faust flow-control stall (seen in the kill -9 tests with a backlog): when an
-    agent's buffer fills, Faust drops the partition from its active set and does not always put
-    it back, so those partitions stop being fetched while the worker idles with lag. The
-    conductor already waits for room in a full buffer, which is all the back-pressure needed."""
-    from faust.transport.consumer import Consumer
-
-    def on_buffer_full(self: Any, tp: Any) -> None:
-        return None
-
-    Consumer.on_buffer_full = on_buffer_full  # type: ignore[method-assign]
-
-
-def _flush_producer_buffer_fully(deadline_seconds: float = 120.0) -> None:
-    """Work around a Faust hazard: ``ProducerBuffer.flush`` returns as soon as 0.1 s pass
-    without a message leaving the buffer, even with messages still in it. Table writes go
-    through that buffer, and Faust flushes it before committing offsets and before handing
-    partitions over in a rebalance; on a busy machine a worker could therefore commit (or hand
-    over) a message whose changelog writes were still unsent, and the new owner would recover
-    without them while the late writes landed after its own (a tenant record newer than its
-    instance rows was seen in the two-worker fault test).
-
-    Flush now waits until every message that was in the buffer when it was called has left
-    (messages added meanwhile are not waited for, so a commit under load still completes), or
-    ``deadline_seconds`` pass (then it logs an error)."""
-    from faust.transport.producer import ProducerBuffer
-
-    if getattr(ProducerBuffer, "novaquota_patched", False):
-        return
-    ProducerBuffer.novaquota_patched = True  # type: ignore[attr-defined]
-    send_one = ProducerBuffer._send_pending
-
-    async def _send_pending(self: Any, fut: Any) -> None:
-        await send_one(self, fut)
-        self.novaquota_sent = getattr(self, "novaquota_sent", 0) + 1
-
-    async def flush(self: Any) -> None:
-        started = time.monotonic()
-        # the buffer is FIFO: once this many messages have been sent, all of these are out
-        target = getattr(self, "novaquota_sent", 0) + self.size
-        while self.size and getattr(self, "novaquota_sent", 0) < target:
-            if self.state != "running":
-                raise RuntimeError("Cannot flush: Producer not Running")
-            if time.monotonic() - started > deadline_seconds:
-                left = target - getattr(self, "novaquota_sent", 0)
-                log.error(
-                    "producer buffer not drained after %.0fs: %d left", deadline_seconds, left
-                )
-                return
-            self.message_sent.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.message_sent.wait(), timeout=1.0)
-
-    ProducerBuffer._send_pending = _send_pending  # type: ignore[method-assign]
-    ProducerBuffer.flush = flush  # type: ignore[method-assign]
-
-
 class QuotaApp:
     """The Faust app plus the handles the agents and views need."""
 
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
-        _keep_partitions_flowing()
-        _flush_producer_buffer_fully()
-        share_rocksdb_memory(settings.rocksdb_memory_mb * 2**20)
+        faust_compat.install(settings.rocksdb_memory_mb * 2**20)
         self.settings = settings
         self.metrics = metrics or Metrics()
         t = settings.topics
@@ -307,26 +204,28 @@ class QuotaApp:
             active set (or paused), their lag never read, or with a record skipped by the drain
             loop so that commits stopped. An owned input partition that stays inactive for 10 s
             while nothing is rebalancing or recovering is resumed; one that holds lag without a
-            commit for 30 s is read again from its committed offset."""
+            commit for 30 s is read again from its committed offset. Either way the partition
+            is first sought to its committed offset, as Faust's own recovery does before it
+            resumes flow, so that a resume never passes over a record that Faust's drain loop
+            marked read without delivering it (docs/operations.md, known issues)."""
             consumer: Any = app.consumer
             if app.rebalancing or not tables_recovered(app) or app.in_recovery:
                 stalled_since.clear()
                 return
-            active = getattr(consumer, "_active_partitions", None)
-            paused: set[Any] = getattr(consumer, "_paused_partitions", set())
-            if active is None:
+            flowing = faust_compat.flowing_partitions(app)
+            if flowing is None:
                 return
+            active, paused = flowing
             owned = {tp for tp in app.assignor.assigned_actives() if tp.topic in our_topics}
             now = time.monotonic()
             out = {tp for tp in owned if tp not in active or tp in paused}
             # and any owned partition with lag whose committed offset has not moved for 30 s
-            committed: Any = getattr(consumer, "_committed_offset", {})
             for tp in owned:
                 try:
                     high = consumer.highwater(tp)
                 except Exception:  # not known yet for a new assignment
                     continue
-                done = committed.get(tp)
+                done = faust_compat.committed_offset(app, tp)
                 if high is None or done is None or high <= done:
                     progress_seen.pop(tp, None)
                     continue
@@ -347,13 +246,7 @@ class QuotaApp:
                         done,
                     )
                     progress_seen[tp] = (done, now)
-                    stalled_since[tp] = now - 10.0  # resumed below
-                    # Faust's drain loop can mark a record read without handing it to the
-                    # agent (flow suspended while the hand-over waited for buffer room): it is
-                    # never acknowledged and commits stop there. Reading again from the
-                    # committed offset delivers it; records already processed come again as
-                    # replays (Faust ignores their second ack, the guards their effect).
-                    await consumer.seek(tp, done)
+                    stalled_since[tp] = now - 10.0  # sought and resumed below
             out |= {tp for tp, t in stalled_since.items() if now - t >= 10.0}
             for tp in list(stalled_since):
                 if tp not in out:
@@ -373,6 +266,12 @@ class QuotaApp:
                     len(due),
                     ", ".join(sorted(f"{tp.topic}[{tp.partition}]" for tp in due)),
                 )
+                for tp in due:
+                    # records already processed come again as replays (Faust ignores their
+                    # second ack, the guards their effect)
+                    done = faust_compat.committed_offset(app, tp)
+                    if done is not None:
+                        await consumer.seek(tp, done)
                 consumer.resume_partitions(set(due))
                 for tp in due:
                     stalled_since.pop(tp, None)
@@ -436,18 +335,14 @@ class QuotaApp:
         from streams.enforce import SYSTEM, TenantRecord
         from streams.quota import next_deadline, tenant_totals
 
-        store: Any = self.tenants.data
-        if not hasattr(store, "_db_for_partition"):
+        if faust_compat.open_dbs(self.tenants) is None:
             return
         for p in sorted(partitions):
             await asyncio.sleep(0)
             if self.app.rebalancing or p not in self.active_inputs:
                 return  # moved meanwhile: the next round indexes what is owned then
             totals: dict[str, int] = {}
-            db = store._db_for_partition(p)
-            for key, raw in db.items():
-                if key == store.offset_key:  # Faust's changelog offset row, not a tenant
-                    continue
+            for key, raw in faust_compat.table_rows(self.tenants, p):
                 tenant = key.decode()
                 rec = TenantRecord.from_bytes(raw, system=tenant == SYSTEM)
                 self.ticker.note(p, tenant, next_deadline(rec.state), rec.state.watermark_us)

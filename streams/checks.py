@@ -41,6 +41,7 @@ from streams import quota as q
 from streams.admission import AdmissionTimeout, now_us
 from streams.app import tables_recovered
 from streams.enforce import SYSTEM
+from streams.faust_compat import partition_db
 from streams.web import ApiError, _num
 
 if TYPE_CHECKING:
@@ -144,9 +145,9 @@ class CheckService:
     def _stored(self, tenant: str) -> bytes | None:
         """The tenant's stored record, read straight from its partition's RocksDB (the table
         API would probe every partition's database for a key)."""
-        store: Any = self.qa.tenants.data
-        if hasattr(store, "_db_for_partition"):
-            value: bytes | None = store._db_for_partition(self.home(tenant)).get(tenant.encode())
+        db = partition_db(self.qa.tenants, self.home(tenant))
+        if db is not None:
+            value: bytes | None = db.get(tenant.encode())
             return value
         return self.qa.tenants.get(tenant.encode())
 

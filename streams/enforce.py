@@ -29,6 +29,7 @@ different offsets; the core itself is idempotent for those (newest-wins per inst
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field, replace
 from types import EllipsisType
@@ -40,7 +41,16 @@ from schemas.codec import Decoded
 from streams import quota as q
 from streams.translate import encode_output, to_inputs
 
-__all__ = ["Emit", "Enforcer", "InstanceRows", "Rejection", "TenantRecord", "instance_row_key"]
+__all__ = [
+    "Emit",
+    "Enforcer",
+    "Identities",
+    "InjectedFault",
+    "InstanceRows",
+    "Rejection",
+    "TenantRecord",
+    "instance_row_key",
+]
 
 SEP = "\x1f"
 SYSTEM = "system"
@@ -59,6 +69,10 @@ class Emit:
     value: bytes
     opened: tuple[str, str] | None = None
     """(resource_type, kind) when this record opens a violation episode (for metrics)."""
+
+
+class InjectedFault(RuntimeError):
+    """Raised for the ids in ``Enforcer.fault_ids`` (fault tests of the internal-error path)."""
 
 
 class Rejection(Exception):
@@ -111,7 +125,8 @@ class InstanceRows(MutableMapping[str, q.InstanceState]):
     """The core's view of one tenant's instances, over the byte-keyed instances table.
 
     A row is ``[marker, previous, current]``: the message that last changed it and the value
-    before that message (rule 3 of the module doc).
+    before that message (rule 3 of the module doc). Writes are held until ``commit``, so a
+    message whose processing raises leaves the table as it was.
     """
 
     def __init__(
@@ -126,7 +141,12 @@ class InstanceRows(MutableMapping[str, q.InstanceState]):
         # it is read as its earlier value.
         self.replay_ok = replay_ok
         self.before: dict[str, bytes | None] = {}
-        self.touched: set[str] = set()
+        self.pending: dict[str, bytes | None] = {}
+        """Current value of each row this message changed (None: deleted), until commit."""
+
+    @property
+    def touched(self) -> bool:
+        return bool(self.pending)
 
     def _load(self, raw: bytes) -> bytes | None:
         marker, prev, cur = orjson.loads(raw)
@@ -136,20 +156,12 @@ class InstanceRows(MutableMapping[str, q.InstanceState]):
 
     def _raw(self, key: str) -> bytes | None:
         if key in self.before:
-            cur = self.before[key]
-            return cur
+            return self.before[key]
         raw = self.table.get(instance_row_key(self.tenant_id, key))
         return None if raw is None else self._load(raw)
 
     def __getitem__(self, key: str) -> q.InstanceState:
-        if key in self.touched:
-            raw = self.table.get(instance_row_key(self.tenant_id, key))
-            assert raw is not None
-            cur = orjson.loads(raw)[2]
-            if cur is None:
-                raise KeyError(key)
-            return q.InstanceState.from_bytes(cur.encode())
-        data = self._raw(key)
+        data = self.pending[key] if key in self.pending else self._raw(key)
         if data is None:
             raise KeyError(key)
         return q.InstanceState.from_bytes(data)
@@ -163,25 +175,27 @@ class InstanceRows(MutableMapping[str, q.InstanceState]):
     def _write(self, key: str, data: bytes | None) -> None:
         if key not in self.before:
             self.before[key] = self._raw(key)
-        prev = self.before[key]
-        row = orjson.dumps(
-            [
-                self.marker,
-                prev.decode() if prev is not None else None,
-                data.decode() if data is not None else None,
-            ]
-        )
-        self.table[instance_row_key(self.tenant_id, key)] = row
-        self.touched.add(key)
+        self.pending[key] = data
+
+    def commit(self) -> None:
+        """Write the changed rows (the message took effect)."""
+        for key, data in self.pending.items():
+            prev = self.before[key]
+            self.table[instance_row_key(self.tenant_id, key)] = orjson.dumps(
+                [
+                    self.marker,
+                    prev.decode() if prev is not None else None,
+                    data.decode() if data is not None else None,
+                ]
+            )
 
     def __iter__(self) -> Iterator[str]:
         n = len(self.prefix)
-        for k, raw in self.scan(self.prefix):
-            key = k[n:].decode()
-            if key in self.touched:
-                if orjson.loads(raw)[2] is not None:
-                    yield key
-            elif self._load(raw) is not None:
+        stored = [(k[n:].decode(), raw) for k, raw in self.scan(self.prefix)]
+        keys = {key for key, raw in stored if key in self.pending or self._load(raw) is not None}
+        keys.update(self.pending)
+        for key in sorted(keys):
+            if key not in self.pending or self.pending[key] is not None:
                 yield key
 
     def __len__(self) -> int:
@@ -194,6 +208,84 @@ class InstanceRows(MutableMapping[str, q.InstanceState]):
             raw = self.table.get(rk)
             if raw is not None:
                 self.table[rk] = raw
+
+
+class Identities:
+    """First-wins message identities: ``(tenant, source, id)`` -> the message that holds it.
+
+    CloudEvents names an event by (source, id), so a second message with the same pair has no
+    effect, whatever its time or data (contract section 3). The identities live in a table of
+    their own, not in the tenant record, so a busy tenant's week of ids does not ride along in
+    every write of its record. A value is ``marker|time_us``: the marker (stream and offset)
+    tells a redelivery of the same message (it may complete its effect) from a second message;
+    the time lets an identity expire once the tenant's watermark is ``retention_us`` past it.
+    Identities are kept per tenant: the same pair for two tenants names two messages.
+
+    ``sweep`` deletes expired identities from the local store a bounded slice at a time; a
+    lookup treats an expired one as absent, so what the sweep has reached never matters to a
+    decision (and a replay decides alike).
+    """
+
+    def __init__(self, table: Table, retention_us: int) -> None:
+        self.table = table
+        self.retention_us = retention_us
+
+    @staticmethod
+    def key(tenant: str, source: str, event_id: str) -> bytes:
+        return f"{tenant}{SEP}{source}{SEP}{event_id}".encode()
+
+    @staticmethod
+    def _parse(raw: bytes) -> tuple[bytes, int | None]:
+        marker, sep, t = raw.rpartition(b"|")
+        if not sep:  # written before identities carried a time: expires only by the sweep
+            return raw, None
+        return marker, int(t)
+
+    def holder(self, key: bytes, watermark_us: int) -> bytes | None:
+        """The marker of the message that holds this identity, or None if it is free."""
+        raw = self.table.get(key)
+        if raw is None:
+            return None
+        marker, t = self._parse(raw)
+        if t is not None and t < watermark_us - self.retention_us:
+            return None
+        return marker
+
+    def hold(self, key: bytes, marker: str, time_us: int) -> None:
+        self.table[key] = f"{marker}|{time_us}".encode()
+
+    def sweep(
+        self,
+        rows: Iterator[tuple[bytes, bytes]],
+        delete: Callable[[bytes], None],
+        watermark_of: Callable[[str], int],
+        budget: int,
+    ) -> bytes | None:
+        """Look at up to ``budget`` stored identities and delete the expired ones (legacy values
+        without a time are deleted too). Returns the key to start the next slice at, or None
+        when the store has been read to its end."""
+        tenant = None
+        watermark = 0
+        for i, (key, raw) in enumerate(rows):
+            if i >= budget:
+                return key
+            name, sep, _rest = key.partition(SEP.encode())
+            if not sep:
+                continue  # not an identity (the store's own bookkeeping)
+            if name.decode() != tenant:
+                tenant = name.decode()
+                watermark = watermark_of(tenant)
+            _marker, t = self._parse(raw)
+            if t is None or t < watermark - self.retention_us:
+                delete(key)
+        return None
+
+
+def _change(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """Per resource, how much a tenant's totals moved (empty when they did not)."""
+    if after == before:
+        return {}
+    return {r: after.get(r, 0) - before.get(r, 0) for r in {*before, *after}}
 
 
 def dict_scan(table: Table) -> PrefixScan:
@@ -275,9 +367,11 @@ class Enforcer:
         self.tenants = tenants
         self.instances = instances
         self.scan = scan
-        # Consumption (api.requests) is deduplicated by (source, id) in a table of its own, so
-        # a busy tenant's week of ids does not ride along in every write of its record.
-        self.dedup = dedup
+        # Every message is deduplicated by (source, id) against a table of its own (see
+        # ``Identities``); without one (pure tests) the core keeps identities in the state.
+        self.identities = (
+            Identities(dedup, config.dedup_retention_us) if dedup is not None else None
+        )
         self.config = replace(config, external_dedup=True) if dedup is not None else config
         # committed(stream) -> the consumer's committed offset: outbox entries below it can
         # never be replayed, so they are dropped.
@@ -290,6 +384,11 @@ class Enforcer:
         """Next event-time deadline of the tenant stored last (for tick scheduling)."""
         self.last_watermark: int = 0
         self.last_load_hit = False
+        self.last_duplicate = False
+        """True when the last processed message was a second message with a known identity."""
+        self.fault_ids: frozenset[str] = frozenset()
+        """Test-only: messages with these CloudEvent ids raise ``InjectedFault`` half-way
+        through their processing, after the state was changed in memory (fault tests)."""
         self.listeners: list[Callable[[str, TenantRecord], None]] = []
         """Called with (tenant_id, record) after every stored change (metrics, caches)."""
 
@@ -333,64 +432,80 @@ class Enforcer:
     def process(self, decoded: Decoded, stream: str, offset: int) -> list[Emit]:
         """Apply one message read at ``offset`` of ``stream``; return what to send.
 
-        Raises ``Rejection`` when the message cannot take effect (state unchanged).
+        Raises ``Rejection`` when the message cannot take effect. Whatever it raises, state
+        is as it was before the message: the record is changed only in memory until it is
+        stored, instance rows and identities are written only once everything succeeded, and
+        a failed message's parsed record is dropped from the cache.
         """
         tenant = decoded.tenant_id
         if tenant is None:
             raise Rejection("missing_field", "data.tenant_id: required to route this message")
+        self.last_duplicate = False
+        self.totals_delta = {}
+        with self._rollback(tenant):
+            return self._process(tenant, decoded, stream, offset)
+
+    @contextlib.contextmanager
+    def _rollback(self, tenant: str) -> Iterator[None]:
+        """On any exception, drop the tenant's parsed record from the cache: the object may be
+        half-mutated, while the stored bytes are still those from before the message."""
+        try:
+            yield
+        except BaseException:
+            self._cache.discard(tenant)
+            raise
+
+    def _process(self, tenant: str, decoded: Decoded, stream: str, offset: int) -> list[Emit]:
+        rec, raw = self.load(tenant)
+        marker = f"{stream}:{offset}"
+        identity = None
+        if self.identities is not None:
+            identity = self.identities.key(tenant, decoded.source, decoded.id)
+            holder = self.identities.holder(identity, rec.state.watermark_us)
+            if holder is not None and holder != marker.encode():
+                self.last_duplicate = True  # a second message with this (source, id)
+                return []
         try:
             inputs = to_inputs(decoded, self.templates)
         except ValueError as exc:
             raise Rejection("invalid_field", str(exc)) from exc
         if not inputs:
             return []
-        self.totals_delta = {}
-        rec, raw = self.load(tenant)
-        marker = f"{stream}:{offset}"
         applied = rec.guard.get(stream, -1) >= offset
         rows = InstanceRows(self.instances, self.scan, tenant, marker, replay_ok=not applied)
         if applied:
-            return self._repair(tenant, rec, raw, rows, inputs, stream, offset)
+            return self._repair(
+                tenant, rec, raw, rows, inputs, identity, decoded.time_us, stream, offset
+            )
         outputs: list[q.Output] = []
-        seen: list[bytes] = []
         system = isinstance(rec.state, q.SystemState)
         before = None if system else q.tenant_totals(rec.tenant)
-        try:
-            for inp in inputs:
-                if isinstance(rec.state, q.SystemState):
-                    outputs.extend(q.apply_system(rec.state, inp, self.config))
-                    continue
-                if isinstance(inp, q.Consumption) and self.dedup is not None:
-                    dk = f"{tenant}{SEP}{inp.source}{SEP}{inp.event_id}".encode()
-                    mark = self.dedup.get(dk)
-                    if mark is not None and mark != marker.encode():
-                        continue  # a duplicate: it took effect before
-                    seen.append(dk)
+        for inp in inputs:
+            if isinstance(rec.state, q.SystemState):
+                outputs.extend(q.apply_system(rec.state, inp, self.config))
+            else:
                 outputs.extend(q.apply(rec.tenant, rows, inp, self.config))
-        except Exception:
-            self._cache.discard(tenant)  # the cached object may be half-mutated
-            raise
         rejected = [o for o in outputs if isinstance(o, q.Rejected)]
         if rejected and len(rejected) == len(outputs) and not rows.touched:
             # nothing changed: the message is dead-lettered with the core's reason
             self._cache.discard(tenant)
             r = rejected[0]
             raise Rejection(r.reason, r.message)
+        if decoded.id in self.fault_ids:
+            raise InjectedFault(f"injected fault for event id {decoded.id!r}")
         emits = self._emits(tenant, outputs, decoded.type, decoded.source)
-        if self.dedup is not None:
-            for dk in seen:
-                self.dedup[dk] = marker.encode()
+        delta: dict[str, int] = {}
+        if before is not None:
+            delta = _change(before, q.tenant_totals(rec.tenant))
+            if rec.tenant.purged:
+                self._purge(rows)
+        rows.commit()
+        if identity is not None and self.identities is not None:
+            self.identities.hold(identity, marker, decoded.time_us)
         rec.guard[stream] = offset
         self._outbox(rec, stream, offset, emits)
-        if before is not None:
-            after = q.tenant_totals(rec.tenant)
-            if after != before:
-                self.totals_delta = {
-                    r: after.get(r, 0) - before.get(r, 0) for r in {*before, *after}
-                }
-            if rec.tenant.purged:
-                self._purge(tenant, rows)
         self._store(tenant, rec)
+        self.totals_delta = delta
         return emits
 
     def _repair(
@@ -400,6 +515,8 @@ class Enforcer:
         raw: bytes | None,
         rows: InstanceRows,
         inputs: list[q.Input],
+        identity: bytes | None,
+        time_us: int,
         stream: str,
         offset: int,
     ) -> list[Emit]:
@@ -408,20 +525,17 @@ class Enforcer:
 
         The writes of one message go to several changelog partitions, and the producer sends
         each partition's batch when that batch is due, so a crash can leave the record on the
-        broker without a row or dedup mark that was written before it. A lost dedup mark is
-        rebuilt (a consumption the record counted has this message's mark). Rows are re-sent as
+        broker without a row or identity that was written before it. A lost identity is
+        rebuilt (the record counted this message, so it holds its identity). Rows are re-sent as
         they are: rebuilding a lost row from its allocation would be right on its own, but a
         record skipped by Faust's drain loop and replayed as applied would then get a row its
         usage never counted (docs/operations.md, known issues), so it waits for that fix."""
         if raw is not None:
             self.tenants[tenant.encode()] = raw
+        if identity is not None and self.identities is not None:
+            self.identities.hold(identity, f"{stream}:{offset}", time_us)
         keys: list[str] = []
-        marker = f"{stream}:{offset}"
         for inp in inputs:
-            if isinstance(inp, q.Consumption) and self.dedup is not None:
-                dk = f"{tenant}{SEP}{inp.source}{SEP}{inp.event_id}".encode()
-                mark = self.dedup.get(dk)
-                self.dedup[dk] = marker.encode() if mark is None else mark
             if isinstance(inp, q.Allocation):
                 keys.append(inp.instance_key)
             elif isinstance(inp, q.Inventory):
@@ -438,7 +552,7 @@ class Enforcer:
             rec.outbox.append([stream, offset, [[e.topic, e.value.decode()] for e in emits]])
             del rec.outbox[:-OUTBOX_LIMIT]
 
-    def _purge(self, tenant: str, rows: InstanceRows) -> None:
+    def _purge(self, rows: InstanceRows) -> None:
         for key in list(rows):
             del rows[key]
 
@@ -468,28 +582,30 @@ class Enforcer:
 
     def tick(self, tenant: str, time_us: int, stream: str, offset: int) -> list[Emit]:
         """Advance one tenant's event time (tick records on the internal topic)."""
-        rec, raw = self.load(tenant)
-        if raw is None:
-            return []
-        if rec.guard.get(stream, -1) >= offset:
-            self.tenants[tenant.encode()] = raw
-            return self._resend(rec, tenant, stream, offset)
         self.totals_delta = {}
-        if isinstance(rec.state, q.SystemState):
-            outputs = q.apply_system(rec.state, q.Tick(time_us), self.config)
-        else:
-            rows = InstanceRows(self.instances, self.scan, tenant, f"{stream}:{offset}", True)
-            before = q.tenant_totals(rec.tenant)
-            outputs = q.apply(rec.tenant, rows, q.Tick(time_us), self.config)
-            after = q.tenant_totals(rec.tenant)
-            if after != before:
-                self.totals_delta = {
-                    r: after.get(r, 0) - before.get(r, 0) for r in {*before, *after}
-                }
-        emits = self._emits(tenant, outputs, "tick", "novaquota/tick")
-        rec.guard[stream] = offset
-        self._outbox(rec, stream, offset, emits)
-        self._store(tenant, rec)
+        with self._rollback(tenant):
+            rec, raw = self.load(tenant)
+            if raw is None:
+                return []
+            if rec.guard.get(stream, -1) >= offset:
+                self.tenants[tenant.encode()] = raw
+                return self._resend(rec, tenant, stream, offset)
+            delta: dict[str, int] = {}
+            if isinstance(rec.state, q.SystemState):
+                outputs = q.apply_system(rec.state, q.Tick(time_us), self.config)
+                rows = None
+            else:
+                rows = InstanceRows(self.instances, self.scan, tenant, f"{stream}:{offset}", True)
+                before = q.tenant_totals(rec.tenant)
+                outputs = q.apply(rec.tenant, rows, q.Tick(time_us), self.config)
+                delta = _change(before, q.tenant_totals(rec.tenant))
+            emits = self._emits(tenant, outputs, "tick", "novaquota/tick")
+            if rows is not None:
+                rows.commit()
+            rec.guard[stream] = offset
+            self._outbox(rec, stream, offset, emits)
+            self._store(tenant, rec)
+        self.totals_delta = delta
         return emits
 
     def admit(self, body: dict[str, Any], stream: str, offset: int) -> tuple[Any, list[Emit]]:
@@ -504,6 +620,12 @@ class Enforcer:
         A record already applied (replay after a crash) changes nothing and returns None.
         """
         tenant = body["tenant_id"]
+        with self._rollback(tenant):
+            return self._admit(tenant, body, stream, offset)
+
+    def _admit(
+        self, tenant: str, body: dict[str, Any], stream: str, offset: int
+    ) -> tuple[Any, list[Emit]]:
         rec, raw = self.load(tenant)
         if rec.guard.get(stream, -1) >= offset:
             if raw is not None:
@@ -516,45 +638,41 @@ class Enforcer:
         op = body["op"]
         result: Any
         outputs: list[q.Output] = []
-        try:
-            if op == "check":
-                req = q.AdmissionRequest(
-                    request_id=body["request_id"],
-                    scope=q.Scope(tenant, body.get("project_id"), body.get("user_id")),
-                    resources={r: int(a) for r, a in body["resources"].items()},
-                    now_us=now,
-                    reserve=bool(body.get("reserve")),
-                    ttl_us=int(body.get("ttl_us") or 300 * q.SEC_US),
-                    resource_id=body.get("resource_id"),
-                    idempotency_key=body.get("idempotency_key"),
-                    actor=body.get("actor") or "",
+        if op == "check":
+            req = q.AdmissionRequest(
+                request_id=body["request_id"],
+                scope=q.Scope(tenant, body.get("project_id"), body.get("user_id")),
+                resources={r: int(a) for r, a in body["resources"].items()},
+                now_us=now,
+                reserve=bool(body.get("reserve")),
+                ttl_us=int(body.get("ttl_us") or 300 * q.SEC_US),
+                resource_id=body.get("resource_id"),
+                idempotency_key=body.get("idempotency_key"),
+                actor=body.get("actor") or "",
+            )
+            result, audits = q.decide_admission(st, req)
+            outputs.extend(audits)
+        elif op == "release":
+            result, audits = q.release_grant(
+                st,
+                body["grant_id"],
+                "released",
+                now_us=now,
+                actor=body.get("actor") or "",
+                cause=body["request_id"],
+            )
+            outputs.extend(audits)
+        elif op == "expire":
+            result = []
+            for gid in sorted(st.grants):
+                grant, audits = q.release_grant(
+                    st, gid, "expired", now_us=now, actor="ttl", cause=body["request_id"]
                 )
-                result, audits = q.decide_admission(st, req)
-                outputs.extend(audits)
-            elif op == "release":
-                result, audits = q.release_grant(
-                    st,
-                    body["grant_id"],
-                    "released",
-                    now_us=now,
-                    actor=body.get("actor") or "",
-                    cause=body["request_id"],
-                )
-                outputs.extend(audits)
-            elif op == "expire":
-                result = []
-                for gid in sorted(st.grants):
-                    grant, audits = q.release_grant(
-                        st, gid, "expired", now_us=now, actor="ttl", cause=body["request_id"]
-                    )
-                    if grant is not None:
-                        result.append(grant)
-                        outputs.extend(audits)
-            else:
-                raise Rejection("invalid_field", f"unknown admission op {op!r}")
-        except Exception:
-            self._cache.discard(tenant)
-            raise
+                if grant is not None:
+                    result.append(grant)
+                    outputs.extend(audits)
+        else:
+            raise Rejection("invalid_field", f"unknown admission op {op!r}")
         emits = self._emits(tenant, outputs, f"admission.{op}", "novaquota/admission")
         if raw is None and not st.grants and not st.admissions and not st.buckets:
             self._cache.discard(tenant)
@@ -568,6 +686,12 @@ class Enforcer:
         self, totals: dict[str, int], time_us: int, stream: str, offset: int
     ) -> list[Emit]:
         """Evaluate system quotas against the summed totals of all partitions."""
+        with self._rollback(SYSTEM):
+            return self._system_totals(totals, time_us, stream, offset)
+
+    def _system_totals(
+        self, totals: dict[str, int], time_us: int, stream: str, offset: int
+    ) -> list[Emit]:
         rec, _raw = self.load(SYSTEM)
         if rec.guard.get(stream, -1) >= offset:
             return []

@@ -3,7 +3,9 @@
 Per-entity series (``quota_utilization``, ``quota_usage``, ``quota_limit``) are bounded: only the
 top-N entities by utilization are exported (``NOVAQUOTA_METRICS_TOP_N``), so a million tenants do
 not become a million series. ``TopEntities`` keeps them incrementally from the tenants that
-change, never by scanning every tenant.
+change, never by scanning every tenant. A zero limit has no utilization (contract section 5): its
+``quota_utilization`` series is left out (``quota_usage`` and ``quota_limit`` are exported), so
+no dashboard ever sees ``+Inf``.
 """
 
 from __future__ import annotations
@@ -58,6 +60,18 @@ class Metrics:
         self.dead_letter = Counter(
             "quota_dead_letter", "Messages sent to the dead-letter topic", ["reason"], registry=r
         )
+        self.duplicates = Counter(
+            "quota_duplicates",
+            "Input messages ignored as a second message with a known (source, id), by type",
+            ["type"],
+            registry=r,
+        )
+        self.internal_errors = Counter(
+            "quota_internal_errors",
+            "Messages whose processing raised unexpectedly (dead-lettered as internal_error)",
+            ["stage"],
+            registry=r,
+        )
         # -- worker state, refreshed by timers ---------------------------------------------
         self.consumer_lag = Gauge(
             "quota_consumer_lag_messages",
@@ -98,7 +112,8 @@ class EntityRow:
     resource_type: str
     used: float
     limit: float
-    utilization: float
+    utilization: float | None
+    """None for a zero limit: exported without a ``quota_utilization`` series."""
 
 
 @dataclass(slots=True)
@@ -148,7 +163,7 @@ class TopEntities:
             row_t = tuple(rows)
             if not row_t:
                 continue
-            score = max(_rank(r.utilization) for r in row_t)
+            score = max(_rank(r) for r in row_t)
             self._offer((tenant_id, level, entity_id), _Entry(score, row_t))
 
     def drop_tenants(self, gone: Callable[[str], bool]) -> int:
@@ -174,7 +189,10 @@ class TopEntities:
             for row in rows:
                 labels = (entity_id, row.resource_type, level)
                 labels_now.add(labels)
-                m.utilization.labels(*labels).set(row.utilization)
+                if row.utilization is None:
+                    remove_series(m.utilization, labels)  # e.g. the limit was set to 0
+                else:
+                    m.utilization.labels(*labels).set(row.utilization)
                 m.usage.labels(*labels).set(row.used)
                 m.limit.labels(*labels).set(row.limit)
         for labels in self._published - labels_now:
@@ -222,8 +240,12 @@ def remove_series(gauge: Gauge, labels: Iterable[str]) -> None:
         gauge.remove(*labels)
 
 
-def _rank(utilization: float) -> float:
-    return -1.0 if math.isnan(utilization) else utilization
+def _rank(row: EntityRow) -> float:
+    """How urgent a row is: its utilization; usage above a zero limit is over the limit by more
+    than any percentage says, so it ranks first (as +inf, which is never exported)."""
+    if row.utilization is None:
+        return math.inf if row.used > 0 else 0.0
+    return -1.0 if math.isnan(row.utilization) else row.utilization
 
 
 def consumer_lag(

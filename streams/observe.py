@@ -27,8 +27,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from schemas.amounts import from_micros
+from streams import faust_compat
 from streams import quota as q
 from streams.app import tables_recovered
+from streams.faust_compat import committed_offset, table_rows
 from streams.metrics import EntityRow, TopEntities, consumer_lag, remove_series
 
 if TYPE_CHECKING:
@@ -101,7 +103,7 @@ def entity_rows(state: q.TenantState | q.SystemState) -> dict[tuple[str, str], l
                 resource_type=row["resource_type"],
                 used=float(from_micros(row["used"])),
                 limit=float(from_micros(row["limit"])),
-                utilization=float(row["utilization"]),
+                utilization=_float_or_none(row["utilization"]),
             )
             for row in q.utilization_view(state, level, entity_id)
             if row["limit"] is not None
@@ -109,6 +111,12 @@ def entity_rows(state: q.TenantState | q.SystemState) -> dict[tuple[str, str], l
         if rows:
             out[(level, entity_id)] = rows
     return out
+
+
+def _float_or_none(value: float | None) -> float | None:
+    """Utilization of a zero limit is None (contract section 5) and stays so: the gauge series
+    is left out rather than exported as +Inf."""
+    return None if value is None else float(value)
 
 
 @dataclass
@@ -184,7 +192,6 @@ class Observer:
         app = self.qa.app
         topics = self.input_topics()
         consumer: Any = app.consumer
-        committed_map: Any = getattr(consumer, "_committed_offset", {})
         highs: dict[tuple[str, int], int | None] = {}
         committed: dict[tuple[str, int], int | None] = {}
         for tp in app.assignor.assigned_actives():
@@ -195,7 +202,7 @@ class Observer:
             except Exception:  # not fetched yet, consumer not started, partition moving
                 high = None
             highs[(tp.topic, tp.partition)] = high
-            committed[(tp.topic, tp.partition)] = committed_map.get(tp)
+            committed[(tp.topic, tp.partition)] = committed_offset(app, tp)
         return consumer_lag(highs, committed)
 
     def refresh_lag(self) -> None:
@@ -218,7 +225,7 @@ class Observer:
         tables: Any = self.qa.app.tables
         for table in list(tables.values()):
             store: Any = table.data
-            dbs: Any = getattr(store, "_dbs", None)
+            dbs = faust_compat.open_dbs(table)
             name = str(table.name)
             is_global = bool(getattr(table, "is_global", False))
             roles = ("global",) if is_global else ("active", "standby")
@@ -283,14 +290,7 @@ class Observer:
         """Fold in every tenant of a newly owned partition (once per assignment)."""
         from streams.enforce import SYSTEM, TenantRecord
 
-        store: Any = self.qa.tenants.data
-        if not hasattr(store, "_db_for_partition"):
-            return True
-        db = store._db_for_partition(partition)
-        offset_key = getattr(store, "offset_key", None)
-        for i, (key, raw) in enumerate(db.items(), 1):
-            if key == offset_key or key.startswith(b"__faust"):
-                continue
+        for i, (key, raw) in enumerate(table_rows(self.qa.tenants, partition), 1):
             tenant = key.decode()
             if tenant not in self.dirty:  # a newer state is already waiting
                 rec = TenantRecord.from_bytes(raw, system=tenant == SYSTEM)

@@ -16,7 +16,7 @@ import sys
 
 from streams.app import create_app
 from streams.logs import log_format_of, log_level_of, logging_config
-from streams.settings import Settings
+from streams.settings import Settings, ensure_dir
 
 __all__ = ["FAUST_LOG_LEVELS", "limit_malloc_arenas", "run_worker", "worker_argv"]
 
@@ -75,6 +75,7 @@ def run_worker(settings: Settings, extra_argv: list[str] | None = None) -> int:
     if settings.malloc_arenas and not limit_malloc_arenas(settings.malloc_arenas):
         log.info("malloc arenas not capped: no glibc mallopt here")
     argv = worker_argv(settings, extra_argv)
+    ensure_dir(settings.data_dir)  # Faust makes only the last component (./var/worker)
     qa = create_app(settings)
     qa.app.conf.logging_config = logging_config(settings)
     sys.argv = argv

@@ -14,9 +14,22 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["DEFAULT_TOPIC_PREFIX", "Settings", "TopicNames"]
+__all__ = ["DEFAULT_TOPIC_PREFIX", "Settings", "TopicNames", "ensure_dir"]
 
 DEFAULT_TOPIC_PREFIX = "novacron."
+
+
+def ensure_dir(path: Path | str) -> Path:
+    """Create the directory ``path`` with any missing parents (no error if it exists) and
+    return it as a ``Path``.
+
+    The one helper through which every directory named by a setting or an option comes into
+    being (the worker's ``data_dir``, the projections' view store, report and log files'
+    parents): Faust and RocksDB create at most the last component, so a relative default such
+    as ``./var/worker`` failed in a fresh checkout where ``var/`` did not exist yet."""
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
 
 
 class TopicNames:
@@ -99,6 +112,10 @@ class Settings(BaseSettings):
     metrics_top_n: int = Field(default=50, ge=0)  # per-entity series: the N most utilized
     ready_max_lag: int = Field(default=100_000, ge=0)  # /readyz: consumer lag bound (0: none)
     health_broker_timeout_seconds: float = Field(default=60.0, gt=0)
+
+    # Test-only: messages with these CloudEvent ids (comma-separated) raise half-way through
+    # their processing, so fault tests can drive the internal-error path. Never set in use.
+    fault_event_ids: str = ""
 
     # --- Validation limits (contract section 3) ---------------------------------------------
     max_amount: float = 1e12  # sanity cap on any single amount

@@ -208,6 +208,12 @@ def _num(micros: int | None) -> Decimal | None:
     return None if micros is None else from_micros(micros)
 
 
+def _percent(value: float | None) -> Decimal | None:
+    """A percentage as an exact decimal of 3 places; None (JSON null) stays None: a zero limit
+    has no utilization (contract section 5)."""
+    return None if value is None else Decimal(str(round(value, 3)))
+
+
 def output_topic(out: q.Output) -> str:
     """The contract topic suffix of a core output."""
     if isinstance(out, q.ViolationOpened | q.ViolationResolved):
@@ -312,7 +318,7 @@ def encode_output(out: q.Output, *, cause_type: str, cause_source: str) -> tuple
             "resource_type": out.resource_type,
             "kind": out.kind,
             "threshold": out.threshold,
-            "utilization": Decimal(str(round(out.utilization, 3))),
+            "utilization": _percent(out.utilization),
             "severity": out.severity,
             "message": out.message,
             "detected_at": _iso(out.time_us),

@@ -21,6 +21,7 @@ from schemas.common import format_time_us
 from streams import observe
 from streams import quota as q
 from streams.app import tables_recovered
+from streams.faust_compat import table_rows
 
 if TYPE_CHECKING:
     from streams.app import QuotaApp
@@ -241,11 +242,10 @@ def register(qa: QuotaApp, authenticate: Authenticator = allow_all) -> None:
 
         topic = qa.resource_events.get_topic_name()
         parts = sorted(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic)
-        store: Any = qa.tenants.data
         tenants: dict[str, Any] = {}
-        for p in parts if hasattr(store, "_db_for_partition") else ():
-            for key, raw in store._db_for_partition(p).items():
-                if key.startswith(b"__faust") or key == SYSTEM.encode():  # not a tenant
+        for p in parts:
+            for key, raw in table_rows(qa.tenants, p):
+                if key == SYSTEM.encode():  # not a tenant
                     continue
                 st = TenantRecord.from_bytes(raw).tenant
                 tenants[key.decode()] = {

@@ -146,6 +146,8 @@ def right_size(
             peak,
         )
     limit = float(limit)
+    if limit == 0 and peak == 0:
+        return None  # "none of this resource", and none was used: the limit is right as it is
     share = f"{peak / limit:.0%} of the limit" if limit > 0 else "above a zero limit"
     if peak >= INCREASE_ABOVE * limit:
         recommended = max(target, _nice_ceiling(limit * (1 + HEADROOM), resource_type))

@@ -25,8 +25,9 @@ class Config:
     default_burst_seconds: int = 3_600
     default_grace_seconds: int = 86_400
     external_dedup: bool = False
-    """Consumption is deduplicated by the caller (a table of its own), not inside the state:
-    a busy tenant's week of (source, id) pairs would otherwise ride along in every write."""
+    """Messages are deduplicated by (source, id) by the caller (a table of its own, before the
+    core sees them), not inside the state: a busy tenant's week of (source, id) pairs would
+    otherwise ride along in every write of its record."""
     prune_interval_us: int = 3_600 * SEC_US
     """How often (event time) dedup entries and stale window counters are swept."""
 

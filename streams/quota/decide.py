@@ -338,12 +338,15 @@ def _bad_entity(st: TenantState, level: str, entity_id: str, out: Out) -> bool:
     return False
 
 
-def _seen(book: QuotaBook, source: str, event_id: str) -> bool:
-    return source + SEP + event_id in book.dedup
+def _seen(book: QuotaBook, cfg: Config, source: str, event_id: str) -> bool:
+    """Whether (source, id) took effect before. With ``external_dedup`` the caller keeps the
+    identities (a table of their own, checked per message) and nothing is kept here."""
+    return not cfg.external_dedup and source + SEP + event_id in book.dedup
 
 
-def _remember(book: QuotaBook, source: str, event_id: str, t: int) -> None:
-    book.dedup[source + SEP + event_id] = t
+def _remember(book: QuotaBook, cfg: Config, source: str, event_id: str, t: int) -> None:
+    if not cfg.external_dedup:
+        book.dedup[source + SEP + event_id] = t
 
 
 def audit_record(
@@ -504,11 +507,10 @@ def _consumption(
             )
         )
         return
-    if not cfg.external_dedup and _seen(st, inp.source, inp.event_id):
+    if _seen(st, cfg, inp.source, inp.event_id):
         return
     _advance(st, inp.time_us, cfg, out)
-    if not cfg.external_dedup:
-        _remember(st, inp.source, inp.event_id, inp.time_us)
+    _remember(st, cfg, inp.source, inp.event_id, inp.time_us)
     starts = window_starts(inp.time_us)
     res = inp.resource_type
     for ekey in _scope_chain(inp.scope):
@@ -542,10 +544,10 @@ def _inventory(
         if problem is not None:
             out.append(Rejected("invalid", f"inventory instance {key!r}: {problem}"))
             return
-    if _seen(st, inp.source, inp.event_id):
+    if _seen(st, cfg, inp.source, inp.event_id):
         return
     _advance(st, inp.time_us, cfg, out)
-    _remember(st, inp.source, inp.event_id, inp.time_us)
+    _remember(st, cfg, inp.source, inp.event_id, inp.time_us)
     system, as_of = inp.source_system, inp.as_of_us
     touched: _Touched = {}
     listed: dict[str, tuple[Scope, dict[str, int]]] = {}
@@ -617,10 +619,10 @@ def recount(st: TenantState, instances: Iterable[InstanceState]) -> dict[str, di
 def _reconcile(
     st: TenantState, instances: Instances, inp: Reconcile, cfg: Config, out: Out
 ) -> None:
-    if _seen(st, inp.source, inp.event_id):
+    if _seen(st, cfg, inp.source, inp.event_id):
         return
     _advance(st, inp.time_us, cfg, out)
-    _remember(st, inp.source, inp.event_id, inp.time_us)
+    _remember(st, cfg, inp.source, inp.event_id, inp.time_us)
     truth = recount(st, instances.values())
     touched: _Touched = {}
     for ekey in list(dict.fromkeys([*st.usage, *truth])):
@@ -686,10 +688,10 @@ def _quota_set(book: QuotaBook, inp: QuotaSet, cfg: Config, out: Out) -> None:
     # per resource, all with the command's source and id), so the dedup key names the quota too.
     ekey = entity_key(inp.level, inp.entity_id)
     dedup_id = inp.event_id + SEP + ekey + SEP + inp.resource_type
-    if _seen(book, inp.source, dedup_id):
+    if _seen(book, cfg, inp.source, dedup_id):
         return
     _advance(book, inp.time_us, cfg, out)
-    _remember(book, inp.source, dedup_id, inp.time_us)
+    _remember(book, cfg, inp.source, dedup_id, inp.time_us)
     res = inp.resource_type
     window = inp.window
     if window is None and res in WINDOWED_RESOURCES:
@@ -731,10 +733,10 @@ def _quota_set(book: QuotaBook, inp: QuotaSet, cfg: Config, out: Out) -> None:
 
 
 def _quota_deleted(book: QuotaBook, inp: QuotaDeleted, cfg: Config, out: Out) -> None:
-    if _seen(book, inp.source, inp.event_id):
+    if _seen(book, cfg, inp.source, inp.event_id):
         return
     _advance(book, inp.time_us, cfg, out)
-    _remember(book, inp.source, inp.event_id, inp.time_us)
+    _remember(book, cfg, inp.source, inp.event_id, inp.time_us)
     ekey = entity_key(inp.level, inp.entity_id)
     res = inp.resource_type
     per = book.quotas.get(ekey)
@@ -791,10 +793,10 @@ def _reservation_created(
     if inp.end_us <= inp.start_us:
         out.append(Rejected("invalid", "a reservation must end after it starts"))
         return
-    if _seen(st, inp.source, inp.event_id):
+    if _seen(st, cfg, inp.source, inp.event_id):
         return
     _advance(st, inp.time_us, cfg, out)
-    _remember(st, inp.source, inp.event_id, inp.time_us)
+    _remember(st, cfg, inp.source, inp.event_id, inp.time_us)
     rid = inp.reservation_id
     old = _drop_reservation(st, rid)
     holder = entity_key(inp.level, inp.entity_id)
@@ -842,10 +844,10 @@ def _reservation_cancelled(
 ) -> None:
     if _wrong_tenant(st, inp.tenant_id, out):
         return
-    if _seen(st, inp.source, inp.event_id):
+    if _seen(st, cfg, inp.source, inp.event_id):
         return
     _advance(st, inp.time_us, cfg, out)
-    _remember(st, inp.source, inp.event_id, inp.time_us)
+    _remember(st, cfg, inp.source, inp.event_id, inp.time_us)
     rid = inp.reservation_id
     old = _drop_reservation(st, rid)
     out.append(
@@ -876,10 +878,10 @@ def _rate_limit_set(
     if type(rate) is not int or type(burst) is not int or rate < 0 or burst < 0:
         out.append(Rejected("invalid", "rate and burst must be non-negative ints"))
         return
-    if _seen(st, inp.source, inp.event_id):
+    if _seen(st, cfg, inp.source, inp.event_id):
         return
     _advance(st, inp.time_us, cfg, out)
-    _remember(st, inp.source, inp.event_id, inp.time_us)
+    _remember(st, cfg, inp.source, inp.event_id, inp.time_us)
     ekey = entity_key(inp.level, inp.entity_id)
     before = st.rate_limits.get(ekey)
     st.rate_limits[ekey] = [rate, burst]
@@ -908,10 +910,10 @@ def _budget_set(
     if type(inp.monthly_usd_micros) is not int or inp.monthly_usd_micros < 0:
         out.append(Rejected("invalid", "monthly_usd must be a non-negative amount"))
         return
-    if _seen(st, inp.source, inp.event_id):
+    if _seen(st, cfg, inp.source, inp.event_id):
         return
     _advance(st, inp.time_us, cfg, out)
-    _remember(st, inp.source, inp.event_id, inp.time_us)
+    _remember(st, cfg, inp.source, inp.event_id, inp.time_us)
     ekey = entity_key(inp.level, inp.entity_id)
     before = st.budgets.get(ekey)
     raw = [inp.monthly_usd_micros, list(inp.thresholds), inp.time_us, inp.event_id]

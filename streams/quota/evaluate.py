@@ -97,11 +97,20 @@ def pop_due(book: QuotaBook, until_us: int) -> tuple[int, str] | None:
 # --- outputs ------------------------------------------------------------------------------------
 
 
-def utilization_pct(used: int, limit: int) -> float:
-    """used / limit x 100 (a zero limit with usage is infinite; JSON renders it as null)."""
-    if limit:
-        return used * 100 / limit
-    return 0.0 if used == 0 else float("inf")
+def utilization_pct(used: int, limit: int) -> float | None:
+    """used / limit x 100, or None for a zero limit.
+
+    A limit of 0 means "none of this resource" (contract section 5): no percentage describes
+    usage against it, and the outputs' JSON has no infinity, so every output and view carries
+    null; the violation, not a percentage, says that usage is over it.
+    """
+    return used * 100 / limit if limit else None
+
+
+def _below_thresholds(used: int, limit: int, cfg: Config) -> bool:
+    """True when no threshold alert can fire: no thresholds, usage below the lowest one, or a
+    zero limit (which has no thresholds: its violation says it all)."""
+    return not cfg.thresholds or not limit or used * 100 < cfg.thresholds[0] * limit
 
 
 def _open(
@@ -293,7 +302,7 @@ def evaluate_quota(
     limit = raw[Q_LIMIT]
     if (
         eff <= limit
-        and (not cfg.thresholds or used * 100 < cfg.thresholds[0] * limit)
+        and _below_thresholds(used, limit, cfg)
         and qk not in book.episodes
         and qk not in book.clocks
         and qk not in book.alerts
@@ -450,9 +459,14 @@ def _thresholds(
     cfg: Config,
     out: list[Output],
 ) -> None:
+    if not limit:
+        # A zero limit has no thresholds; crossings fired under an earlier limit are forgotten
+        # (they re-arm), so that a later non-zero limit starts from a clean slate.
+        book.alerts.pop(qk, None)
+        return
     thresholds = cfg.thresholds
     fired = book.alerts.get(qk)
-    if fired is None and (not thresholds or used * 100 < thresholds[0] * limit):
+    if fired is None and _below_thresholds(used, limit, cfg):
         return
     for thr in thresholds:
         if fired is not None and thr in fired:
@@ -463,7 +477,7 @@ def _thresholds(
                 fired = book.alerts[qk] = []
             fired.append(thr)
             text = (
-                f"{res} at {utilization_pct(used, limit):.1f}% of limit {fmt_amount(limit)} "
+                f"{res} at {used * 100 / limit:.1f}% of limit {fmt_amount(limit)} "
                 f"(threshold {thr}%)"
             )
             severity = cfg.severity_for(thr)

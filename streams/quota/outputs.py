@@ -94,7 +94,8 @@ class Alert(_Dictable):
     resource_type: str
     kind: str
     threshold: int | None
-    utilization: float
+    utilization: float | None
+    """Percent of the limit; None for a zero limit (no percentage describes usage against it)."""
     severity: str
     message: str
     usage: int

@@ -87,7 +87,8 @@ def utilization_view(
     book: QuotaBook, level: str, entity_id: str, now_us: int | None = None
 ) -> list[dict[str, Any]]:
     """Per resource with a quota or usage: limit, burst_limit, used, reserved, utilization %,
-    available (limit - used - reserved, never below 0)."""
+    available (limit - used - reserved, never below 0). Utilization is None without a quota
+    and for a zero limit (contract section 5), so every HTTP view renders it as null."""
     ekey = entity_key(level, entity_id)
     now = book.watermark_us if now_us is None else now_us
     quotas = book.quotas.get(ekey, {})

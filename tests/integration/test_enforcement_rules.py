@@ -701,6 +701,68 @@ def test_14_inventory_releases_ghost(stack: Stack) -> None:
     assert c["details"]["before"]["live"] is True and c["details"]["after"]["live"] is False
 
 
+# --- 15. zero limits -------------------------------------------------------------------------
+
+
+def test_15_zero_limit(stack: Stack) -> None:
+    """A limit of 0 ("no load balancers for this project"): the first one is over it. Before the
+    fix its threshold alert carried an infinite utilization that the output schema refused, the
+    agent crashed in a loop and the violation never reached the topic."""
+    tenant, project, d = "r15-zero", "z-p", 15
+    stack.produce(
+        "quota-commands",
+        [
+            command(
+                "quota.set",
+                {
+                    "level": "project",
+                    "entity_id": project,
+                    "tenant_id": tenant,
+                    "resource_type": "load_balancers",
+                    "limit": 0,
+                },
+                t=at(d),
+            )
+        ],
+    )
+    sync(stack, tenant, at(d))
+    created = event("load_balancer.created", tenant, at(d, 10), project_id=project, lb_id="lb-1")
+    stack.produce("resource-events", [created])
+    out = violations(stack, tenant, 1)
+    assert summary(out) == [("quota.violation", "over_limit")]
+    v = out[0]["data"]
+    assert (v["level"], v["entity_id"]) == ("project", project)
+    assert v["resource_type"] == "load_balancers"
+    assert (v["limit"], v["usage"], v["burst_limit"], v["limit_type"]) == (0, 1, None, "hard")
+    assert v["cause_event_id"] == created["id"] and ts(v["detected_at"]) == at(d, 10)
+    assert v.get("utilization") is None  # a violation carries no percentage at all
+    sync(stack, tenant, at(d, 10))
+    lbs = utilization(stack, project, "project", tenant)["load_balancers"]
+    assert (lbs["limit"], lbs["used"], lbs["available"]) == (0, 1, 0)
+    assert "utilization" in lbs and lbs["utilization"] is None
+    assert lbs["open_violations"] == ["over_limit"]
+
+    # The worker is alive and goes on: the next event takes effect (the episode resolves).
+    worker = stack.workers[0]
+    assert worker.proc is not None and worker.proc.poll() is None, worker.tail()
+    deleted = event("load_balancer.deleted", tenant, at(d, 20), project_id=project, lb_id="lb-1")
+    stack.produce("resource-events", [deleted])
+    out = violations(stack, tenant, 2)
+    assert summary(out) == [
+        ("quota.violation", "over_limit"),
+        ("quota.violation_resolved", "over_limit"),
+    ]
+    r = out[1]["data"]
+    assert r["violation_id"] == v["violation_id"] and r["usage"] == 0
+    assert r["resolved_cause_event_id"] == deleted["id"]
+    sync(stack, tenant, at(d, 20))
+    lbs = utilization(stack, project, "project", tenant)["load_balancers"]
+    assert (lbs["used"], lbs["utilization"], lbs["open_violations"]) == (0, None, [])
+    assert outs(stack, "quota-alerts", tenant) == []  # no threshold alert, ever
+    assert outs(stack, "dead-letter", tenant) == []  # and nothing failed on the way
+    assert worker.proc.poll() is None, worker.tail()
+
+
 # --- 12. ticks (wall-clock event times: last, so it moves the watermarks only at the end) ----
 
 

@@ -73,6 +73,7 @@ CHOICES = """
   their source system (first path segment of the deciding event's source, scheme/authority
   stripped) matches.
 - Watermark = highest `time` of valid resource events (commands do not count), per tenant or global.
+  A duplicate (source, id) does not move it: a second message "has no further effect" (section 2).
 - api.requests is late when time < running watermark (log order) - 7 d; late ones are dropped.
 - Commands require `actor`. quota.set/deleted/template.applied for level system use tenant "system".
   A custom template.defined with a built-in name shadows it. tenant.deleted removes the tenant's
@@ -264,7 +265,9 @@ def _str(data: Mapping[str, Any], field: str, *, required: bool = True) -> str |
     return v
 
 
-def _choice(data: Mapping[str, Any], field: str, allowed: Iterable[str], default: str | None):
+def _choice(
+    data: Mapping[str, Any], field: str, allowed: Iterable[str], default: str | None
+) -> str | None:
     v = _str(data, field, required=default is None)
     if v is None:
         return default
@@ -341,7 +344,7 @@ def _decode_event(type_: str, data: dict[str, Any], cap: Decimal | None) -> dict
     if type_ in ALLOC_TYPES:
         kind, id_field, release = ALLOC_TYPES[type_]
         row["inst_kind"], row["inst_id"] = kind, _str(data, id_field)
-        holds: dict[str, Decimal] = {}
+        holds: dict[str, Decimal | None] = {}
         one = Decimal(1)
         if kind == "vm" and not release:
             cpu = _amount(data, "cpu", cap)
@@ -370,7 +373,7 @@ def _decode_event(type_: str, data: dict[str, Any], cap: Decimal | None) -> dict
             release = released
             if not release or data.get("resources") is not None:
                 res = _resources(data, "resources", cap)
-                holds = {} if release else res
+                holds = {} if release else dict(res)
         row["release"], row["holds"] = release, holds
     elif type_ == "network.sampled":
         row["inst_kind"], row["inst_id"] = "interface", _str(data, "interface_id")
@@ -514,7 +517,9 @@ def _loads(raw: bytes | str) -> Any:
     return json.loads(raw, parse_float=Decimal, parse_constant=Decimal)
 
 
-def _envelope(value: bytes | None, headers: Sequence[tuple[str, bytes]] | None):
+def _envelope(
+    value: bytes | None, headers: Sequence[tuple[str, bytes]] | None
+) -> tuple[str, dict[str, Any], Any]:
     """-> (mode, attributes, data) of one record, per the CloudEvents Kafka binding."""
     hdrs: dict[str, bytes] = {}
     for name, raw in headers or ():
@@ -574,8 +579,12 @@ def _decode_record(
         row = {"category": "event", **_decode_event(type_, data, cap)}
     else:
         row = {"category": "command", **_decode_command(type_, data, cap)}
-    skew_checked = max_skew_s is not None and ts_ms is not None and ts_ms >= 0
-    if skew_checked and time_us > ts_ms * 1000 + int(max_skew_s * US):
+    if (
+        max_skew_s is not None
+        and ts_ms is not None
+        and ts_ms >= 0
+        and time_us > ts_ms * 1000 + int(max_skew_s * US)
+    ):
         raise _Invalid("future_time", "time is ahead of the record timestamp")
     subject = attrs.get("subject")
     row.update(
@@ -658,8 +667,11 @@ def _effective(df: pd.DataFrame, category: str = "event") -> pd.DataFrame:
 def watermark(
     df: pd.DataFrame, scope: Literal["tenant", "global"] = "tenant"
 ) -> dict[str, int] | int | None:
-    """Highest event time (µs) of valid resource events: {tenant: µs} or one int (None if empty)."""
-    ev = df[df["category"] == "event"]
+    """Highest event time (µs) of valid resource events: {tenant: µs} or one int (None if empty).
+
+    A duplicate (same source and id as an earlier valid event) has no effect, so it does not move
+    the watermark either, whatever its own time."""
+    ev = _effective(df, "event")
     if scope == "global":
         return int(ev["time_us"].max()) if len(ev) else None
     if scope != "tenant":
@@ -728,13 +740,13 @@ def instance_states(df: pd.DataFrame) -> pd.DataFrame:
                 continue
             st.update(time_us=at, released=True, holds={}, decided_by=f"inventory:{ev_id}")
         for k, item in listed.items():
-            st = state.get(k)
-            if st is not None and st["time_us"] > at:
+            known = state.get(k)
+            if known is not None and known["time_us"] > at:
                 continue
             holds = dict(item["resources"])
             if item["kind"] in KIND_COUNT:
                 holds.setdefault(KIND_COUNT[item["kind"]], Decimal(1))
-            old = st or {}
+            old = known or {}
             state[k] = {
                 "time_us": at,
                 "released": False,
@@ -877,7 +889,7 @@ def api_requests(
     api = _effective(df, "event")
     api = api[api["type"] == "api.requests"]
     if lateness_s is not None and not api.empty:
-        seen = df[df["category"] == "event"].sort_values("seq")
+        seen = _effective(df, "event").sort_values("seq")
         if watermark_scope == "global":
             running = seen["time_us"].cummax()
         else:

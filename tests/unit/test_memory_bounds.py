@@ -67,7 +67,8 @@ def test_rocksdb_databases_share_one_cache(tmp_path: Path) -> None:
     rocksdict = pytest.importorskip("rocksdict")
     from faust.stores.rocksdb import RocksDBOptions
 
-    from streams.app import _shared_rocksdb, rocksdb_options, share_rocksdb_memory
+    from streams.app import rocksdb_options
+    from streams.faust_compat import _shared_rocksdb, share_rocksdb_memory
 
     share_rocksdb_memory(64 * 2**20)
     cache = _shared_rocksdb["cache"]

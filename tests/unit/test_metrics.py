@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -150,13 +151,50 @@ def test_top_n_is_exact_with_a_small_pool_while_utilization_rises(seed: int) -> 
     assert [k[2] for k, _ in top.top()] == _brute_top(scores, 5)
 
 
-def test_infinite_utilization_ranks_first() -> None:
+def test_usage_over_a_zero_limit_ranks_first_without_a_utilization_series() -> None:
+    """Contract section 5: a zero limit has no utilization, so no +Inf sample is exported;
+    usage above it is over the limit, so the entity still ranks first (usage and limit shown)."""
     m = Metrics(CollectorRegistry())
     top = TopEntities(m, n=1)
     top.update("a", {("tenant", "a"): _rows(99)})
-    top.update("b", {("tenant", "b"): [EntityRow("cpu", 1.0, 0.0, float("inf"))]})
+    top.update("b", {("tenant", "b"): [EntityRow("load_balancers", 1.0, 0.0, None)]})
     top.publish()
-    assert _series(m, "quota_utilization") == {("b", "cpu", "tenant"): float("inf")}
+    assert _series(m, "quota_utilization") == {}
+    assert _series(m, "quota_usage") == {("b", "load_balancers", "tenant"): 1.0}
+    assert _series(m, "quota_limit") == {("b", "load_balancers", "tenant"): 0.0}
+    assert all(math.isfinite(s.value) for f in m.registry.collect() for s in f.samples)
+
+
+def test_zero_usage_at_a_zero_limit_ranks_as_unused() -> None:
+    m = Metrics(CollectorRegistry())
+    top = TopEntities(m, n=1)
+    top.update("a", {("tenant", "a"): _rows(10)})
+    top.update("b", {("tenant", "b"): [EntityRow("gpu", 0.0, 0.0, None)]})
+    top.publish()
+    assert _series(m, "quota_utilization") == {("a", "cpu", "tenant"): 10.0}
+
+
+def test_a_limit_set_to_zero_drops_its_utilization_series_only() -> None:
+    m = Metrics(CollectorRegistry())
+    top = TopEntities(m, n=2)
+    top.update("a", {("tenant", "a"): _rows(50)})
+    top.publish()
+    assert _series(m, "quota_utilization") == {("a", "cpu", "tenant"): 50.0}
+    top.update("a", {("tenant", "a"): [EntityRow("cpu", 50.0, 0.0, None)]})
+    top.publish()
+    assert _series(m, "quota_utilization") == {}
+    assert _series(m, "quota_limit") == {("a", "cpu", "tenant"): 0.0}
+
+
+def test_entity_rows_of_a_zero_limit_carry_no_utilization() -> None:
+    """Before the fix ``float(None)`` raised in the observer's timer for every zero limit."""
+    w = World("t1")
+    w.quota("load_balancers", 0, level="project", entity="z-p")
+    w.quota("gpu", 0)
+    w.alloc("lb1", 1, project="z-p", load_balancers=1)
+    rows = entity_rows(w.st)
+    assert rows[("project", "z-p")] == [EntityRow("load_balancers", 1.0, 0.0, None)]
+    assert rows[("tenant", "t1")] == [EntityRow("gpu", 0.0, 0.0, None)]
 
 
 def test_consumer_lag_is_highwater_minus_committed() -> None:

@@ -440,7 +440,7 @@ def test_percent_is_exact_and_rounded_half_even() -> None:
     assert percent(1, 8) == "12.50"
     assert percent(1, 3) == "33.33"
     assert percent(5, None) is None
-    assert percent(0, 0) == "0.00" and percent(1, 0) is None
+    assert percent(0, 0) is None and percent(1, 0) is None  # a zero limit has no percentage
 
 
 @pytest.mark.parametrize(
