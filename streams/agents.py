@@ -206,14 +206,13 @@ def register(qa: QuotaApp) -> None:
 
     async def handle(event: Any) -> None:
         msg = event.message
-        event_id: str | None = None
         try:
-            event_id = await apply(msg)
+            await apply(msg)
         except Exception as exc:  # no input may stop a partition
-            await internal_error(msg, "apply", exc, event_id or _peek_id(msg))
+            await internal_error(msg, "apply", exc, _peek_id(msg))
 
-    async def apply(msg: Any) -> str | None:
-        """Decode, route and apply one input message; returns its CloudEvent id."""
+    async def apply(msg: Any) -> None:
+        """Decode, route and apply one input message."""
         try:
             decoded = decode(
                 msg.value,
@@ -223,17 +222,17 @@ def register(qa: QuotaApp) -> None:
             )
         except DecodeError as exc:
             await to_dead_letter(msg, exc.reason, exc.message)
-            return None
+            return
         topic = msg.topic
         if decoded.type == "template.defined":
             define_template(decoded, f"{short[topic]}:{msg.partition}:{msg.offset}")
-            return decoded.id
+            return
         tenant = decoded.tenant_id
         if tenant is None and msg.key:
             tenant = msg.key.decode("utf-8", "replace")
         if tenant is None:
             await to_dead_letter(msg, "missing_field", "data.tenant_id: required for routing")
-            return decoded.id
+            return
         home = home_partition(tenant, n_parts)
         if short[topic] != "rt" and msg.partition != home:
             await qa.routed.send(
@@ -245,7 +244,7 @@ def register(qa: QuotaApp) -> None:
                     (ORIGIN_HEADER, f"{topic}|{msg.partition}|{msg.offset}".encode()),
                 ],
             )
-            return decoded.id
+            return
         stream = f"{short[topic]}:{msg.partition}"
         # The agents share one event loop; the lock keeps a tenant's outputs in the order its
         # state changed when two agents (events, commands) interleave at a send.
@@ -254,14 +253,13 @@ def register(qa: QuotaApp) -> None:
                 emits = enforcer.process(with_tenant(decoded, tenant), stream, msg.offset)
             except Rejection as exc:
                 await to_dead_letter(msg, exc.reason, exc.message, decoded.id)
-                return decoded.id
+                return
             except Exception as exc:
                 await internal_error(msg, "apply", exc, decoded.id)
-                return decoded.id
+                return
             if enforcer.last_duplicate:
-                metrics.duplicates.labels(decoded.type).inc()
-                metrics.events_processed.labels(decoded.type, "duplicate").inc()
-                return decoded.id
+                count_duplicate(decoded.type)
+                return
             qa.ticker.note(msg.partition, tenant, enforcer.last_deadline, enforcer.last_watermark)
             if enforcer.totals_delta:
                 qa.add_totals(msg.partition, enforcer.totals_delta)
@@ -269,7 +267,10 @@ def register(qa: QuotaApp) -> None:
         sweep_identities(msg.partition)
         metrics.events_processed.labels(decoded.type, "accepted").inc()
         metrics.event_lag.observe(max(0.0, time.time() - decoded.time_us / 1e6))
-        return decoded.id
+
+    def count_duplicate(type_: str) -> None:
+        metrics.duplicates.labels(type_).inc()
+        metrics.events_processed.labels(type_, "duplicate").inc()
 
     def define_template(decoded: Any, marker: str) -> None:
         """A custom template, kept in a global table; its identity is kept beside it, so a
@@ -277,8 +278,7 @@ def register(qa: QuotaApp) -> None:
         identity = TEMPLATE_IDENTITY + Identities.key("", decoded.source, decoded.id)
         held = qa.templates.get(identity)
         if held is not None and held != marker.encode():
-            metrics.duplicates.labels(decoded.type).inc()
-            metrics.events_processed.labels(decoded.type, "duplicate").inc()
+            count_duplicate(decoded.type)
             return
         data: Any = decoded.data
         qa.templates[data.name] = data.model_dump_json(
