@@ -19,11 +19,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from streams.app import rocksdb_options
 from streams.enforce import Identities
 from streams.faust_compat import share_rocksdb_memory
 from streams.quota.units import SEC_US
 from streams.settings import Settings
+from streams.store.faust_base import RdictBase
+from streams.store.records import IDENTITY
+from streams.store.rocksdb import rocksdb_options
+from streams.store.tenant_store import TenantStore
 
 __all__ = ["identities_section"]
 
@@ -63,7 +66,8 @@ def identities_section(
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
     db: Any = rocksdict.Rdict(str(path), options=RocksDBOptions(**rocksdb_options()).as_options())
-    ids = Identities(db, retention_us=7 * DAY_US)
+    store = TenantStore(RdictBase(db), lambda _tenant: 0)
+    ids = Identities(store, retention_us=7 * DAY_US)
     names = [f"tenant-{i:06d}" for i in range(tenants)]
     rss_before = _rss_mb()
     sample: list[bytes] = []
@@ -99,8 +103,11 @@ def identities_section(
     cursor: bytes | None = b""
     while cursor is not None:
         cursor = ids.sweep(
-            iter(db.items(from_key=cursor)), db.delete, lambda _t: watermark + DAY_US, 100_000
+            store.base.scan(0, IDENTITY, cursor or b""), lambda _t: watermark + DAY_US, 100_000
         )
+        for rows in store.take().rows.get(0, []):
+            for key, _none in rows:
+                db.delete(key)
     sweep_s = time.perf_counter() - started
     left = sum(1 for _ in db.keys())  # noqa: SIM118 (an Rdict, not a dict)
     db.close()

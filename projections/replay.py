@@ -30,7 +30,7 @@ import csv
 import io
 import json
 import sys
-from collections.abc import Callable, Iterator, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
@@ -44,10 +44,12 @@ from schemas.codec import Decoded, DecodeLimits, decode
 from schemas.common import datetime_to_us, format_time_us, parse_rfc3339
 from schemas.exceptions import DecodeError
 from streams import quota as q
-from streams.enforce import SYSTEM, Emit, Enforcer, Rejection
+from streams.enforce import SYSTEM, Emit, Enforcer, InstanceRows, Rejection
 from streams.quota.state import C_START, E_AT, G_EVENT, G_PROJECT, G_RES, G_SOURCE, G_TIME, G_USER
 from streams.quota.units import SEP, entity_key, split_entity_key, split_quota_key
 from streams.settings import Settings, TopicNames, ensure_dir
+from streams.store.memory import MemoryStore
+from streams.store.records import instance_key
 from streams.translate import with_tenant
 
 __all__ = [
@@ -204,43 +206,6 @@ class OverInterval:
 # --- in-memory tables --------------------------------------------------------------------------
 
 
-class TenantTable(MutableMapping[bytes, bytes]):
-    """The instances table as nested dicts (tenant → rows), so that one tenant's prefix scan
-    costs that tenant's rows, not the whole table (keys are ``tenant SEP instance_key``)."""
-
-    def __init__(self) -> None:
-        self.tenants: dict[bytes, dict[bytes, bytes]] = {}
-        self._sep = SEP.encode()
-
-    def _split(self, key: bytes) -> bytes:
-        return key.partition(self._sep)[0]
-
-    def __getitem__(self, key: bytes) -> bytes:
-        return self.tenants[self._split(key)][key]
-
-    def __setitem__(self, key: bytes, value: bytes) -> None:
-        self.tenants.setdefault(self._split(key), {})[key] = value
-
-    def __delitem__(self, key: bytes) -> None:
-        per = self.tenants[self._split(key)]
-        del per[key]
-        if not per:
-            del self.tenants[self._split(key)]
-
-    def __iter__(self) -> Iterator[bytes]:
-        for per in self.tenants.values():
-            yield from per
-
-    def __len__(self) -> int:
-        return sum(len(per) for per in self.tenants.values())
-
-    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        per = self.tenants.get(self._split(prefix), {})
-        for k in sorted(per):
-            if k.startswith(prefix):
-                yield k, per[k]
-
-
 # --- the engine --------------------------------------------------------------------------------
 
 
@@ -270,7 +235,7 @@ class ReplayResult:
     tenant: str | None
     topics: TopicNames
     enforcer: Enforcer
-    instances: TenantTable
+    store: MemoryStore
     ranges: list[PartitionRange]
     counts: dict[str, int]
     dead_letters: list[DeadLetter]
@@ -295,13 +260,11 @@ class ReplayResult:
         return self._opened
 
     def tenant_ids(self) -> list[str]:
-        return sorted(k.decode() for k in self.enforcer.tenants if k.decode() != SYSTEM)
+        return sorted(t for t, _raw in self.store.records(0) if t != SYSTEM)
 
     def state(self, tenant_id: str) -> q.TenantState | q.SystemState | None:
-        raw = self.enforcer.tenants.get(tenant_id.encode())
-        if raw is None:
-            return None
-        return self.enforcer.load(tenant_id)[0].state
+        rec, exists = self.store.record(tenant_id)
+        return rec.state if exists else None
 
 
 class ReplayEngine:
@@ -325,16 +288,11 @@ class ReplayEngine:
             max_clock_skew_seconds=settings.max_clock_skew_seconds,
         )
         self.templates: dict[str, Any] = {}
-        self.instances = TenantTable()
-        self.tenants: dict[bytes, bytes] = {}
-        self.dedup: dict[bytes, bytes] = {}
+        self.store = MemoryStore()
         self.enforcer = Enforcer(
-            self.tenants,
-            self.instances,
-            self.instances.scan,
+            self.store,
             config=config,
             templates=self.templates.get,
-            dedup=self.dedup,
             # nothing is redelivered in a replay: the outbox (kept for re-sending after a
             # crash) never needs more than the current record's outputs
             committed=lambda _stream: _NEVER,
@@ -500,7 +458,7 @@ class ReplayEngine:
         self._system(cite)
 
     def _over_of(self, tenant: str) -> dict[str, int]:
-        if tenant.encode() not in self.tenants:
+        if self.store.stored(tenant) is None:
             return {}
         return _over_keys(self.enforcer.load(tenant)[0].state)
 
@@ -523,7 +481,7 @@ class ReplayEngine:
                 qk = entity_key(d["level"], d["entity_id"]) + SEP + d["resource_type"]
                 at = datetime_to_us(parse_rfc3339(d["resolved_at"]))
                 resolved[qk] = max(resolved.get(qk, at), at)
-        if tenant.encode() not in self.tenants:
+        if self.store.stored(tenant) is None:
             self.deadlines.pop(tenant, None)
             after: dict[str, int] = {}
             book = None
@@ -557,8 +515,7 @@ class ReplayEngine:
     def _system(self, cite: Citation, time_us: int | None = None) -> None:
         """Evaluate system quotas against the summed tenant totals (the worker does this at
         most once a second from the partitions' totals; here after every change)."""
-        raw = self.tenants.get(SYSTEM.encode())
-        if raw is None:
+        if self.store.stored(SYSTEM) is None:
             return
         state = self.enforcer.load(SYSTEM)[0].state
         if not state.quotas:
@@ -586,7 +543,7 @@ class ReplayEngine:
             tenant=self.tenant,
             topics=self.topics,
             enforcer=self.enforcer,
-            instances=self.instances,
+            store=self.store,
             ranges=list(ranges),
             counts=dict(self.counts),
             dead_letters=self.dead_letters,
@@ -911,12 +868,9 @@ def _tenant_section(result: ReplayResult, tenant_id: str) -> dict[str, Any] | No
     topics = {result.topics.resource_events, result.topics.quota_commands}
     contributions: dict[tuple[str, str], list[dict[str, Any]]] = {}
     live = tombstones = 0
-    prefix = f"{tenant_id}{SEP}".encode()
-    for key, raw in result.instances.scan(prefix):
-        marker, _prev, cur = orjson.loads(raw)
-        if cur is None:
-            continue
-        inst = q.InstanceState.from_bytes(cur.encode())
+    prefix = instance_key(tenant_id, "")
+    for key, raw in result.store.scan(prefix):
+        marker, inst = InstanceRows.parse(raw)
         if not inst.live:
             tombstones += 1
             continue

@@ -12,10 +12,8 @@ co-partitioned with the inputs, so one worker owns each tenant's whole hierarchy
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -23,9 +21,11 @@ from aiokafka.partitioner import murmur2
 
 from schemas.codec import DecodeLimits, decode
 from schemas.exceptions import DecodeError
+from streams.batch import Batch
 from streams.enforce import Emit, Enforcer, Identities, Rejection
-from streams.faust_compat import committed_offset, partition_db, table_rows
+from streams.faust_compat import committed_offset, waiting_input
 from streams.ingest import dead_letter_headers
+from streams.store.records import IDENTITY
 from streams.translate import with_tenant
 
 if TYPE_CHECKING:
@@ -57,7 +57,6 @@ def register(qa: QuotaApp) -> None:
         max_amount=settings.max_amount,
         max_clock_skew_seconds=settings.max_clock_skew_seconds,
     )
-    n_parts = settings.partitions
     out_topics = {
         "quota-violations": qa.violations,
         "quota-alerts": qa.alerts,
@@ -71,22 +70,6 @@ def register(qa: QuotaApp) -> None:
         qa.system_totals.get_topic_name(): "st",
         qa.admission.get_topic_name(): "ad",
     }
-
-    def scan(prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        from faust.streams import current_event
-
-        event = current_event()
-        db = None if event is None else partition_db(qa.instances, event.message.partition)
-        if db is not None:
-            for k, v in db.items(from_key=prefix):
-                if not k.startswith(prefix):
-                    break
-                yield k, v
-            return
-        store: Any = qa.instances.data
-        for k in sorted(store.keys()):  # the in-memory store
-            if k.startswith(prefix):
-                yield k, store[k]
 
     def template_lookup(name: str) -> Any:
         from schemas.commands import TemplateSpec
@@ -103,19 +86,30 @@ def register(qa: QuotaApp) -> None:
         value = committed_offset(app, TP(streams_by_short[name], int(partition)))
         return -1 if value is None else value
 
-    enforcer = Enforcer(
-        qa.tenants,
-        qa.instances,
-        scan,
-        templates=template_lookup,
-        dedup=qa.dedup,
-        committed=committed,
-        cache_bytes=settings.state_cache_mb * 2**20,
-    )
+    store = qa.store
+    enforcer = Enforcer(store, templates=template_lookup, committed=committed)
     enforcer.fault_ids = frozenset(i for i in settings.fault_event_ids.split(",") if i)
     qa.enforcer = enforcer
 
-    order = asyncio.Lock()
+    async def send(e: Emit) -> None:
+        await out_topics[e.topic].send(key=e.key, value=e.value)
+        if e.opened is not None:
+            metrics.violations.labels(*e.opened).inc()
+
+    def written(messages: int, tenants: int, seconds: float) -> None:
+        metrics.batch_messages.observe(messages)
+        metrics.batch_seconds.observe(seconds)
+
+    batch = Batch(
+        store,
+        qa.writer.write,
+        send,
+        max_events=settings.batch_max_events,
+        max_wait=settings.batch_max_wait_ms / 1000,
+        on_written=written,
+    )
+    qa.batch = batch
+    order = batch.lock
 
     async def to_dead_letter(
         msg: Any, reason: str, message: str, event_id: str | None = None
@@ -168,51 +162,40 @@ def register(qa: QuotaApp) -> None:
         )
         await to_dead_letter(msg, "internal_error", f"{type(exc).__name__}: {exc}", event_id)
 
-    sweeps: dict[int, tuple[int, bytes | None]] = {}
+    sweeps: dict[int, tuple[int, bytes]] = {}
 
     def sweep_identities(partition: int) -> None:
         """Every ``SWEEP_EVERY`` messages of a partition, look at the next ``SWEEP_BUDGET``
-        stored identities of that partition and delete the expired ones (local RocksDB only:
-        the changelog's retention drops them there, and a restored expired identity is
-        ignored by lookups until the sweep comes by again)."""
+        committed identities of that partition and delete the expired ones (staged, so the
+        deletes reach the changelog with the batch)."""
         count, cursor = sweeps.get(partition, (0, b""))
         count += 1
         if count < SWEEP_EVERY:
             sweeps[partition] = (count, cursor)
             return
-        db = partition_db(qa.dedup, partition)
-        if db is None:
-            return
-        identities = enforcer.identities
-        assert identities is not None
-        nxt = identities.sweep(
-            table_rows(qa.dedup, partition, cursor or b""),
-            db.delete,
+        nxt = enforcer.identities.sweep(
+            store.base.scan(partition, IDENTITY, cursor),
             lambda tenant: watermark_of(tenant, partition),
             SWEEP_BUDGET,
         )
-        sweeps[partition] = (0, nxt)
+        sweeps[partition] = (0, nxt or b"")
 
     def watermark_of(tenant: str, partition: int) -> int:
         """The tenant's watermark; the partition's for a tenant gone (offboarded)."""
-        rec, raw = enforcer.load(tenant)
-        return rec.state.watermark_us if raw is not None else qa.ticker.watermark.get(partition, 0)
-
-    async def send_all(emits: list[Emit]) -> None:
-        for e in emits:
-            await out_topics[e.topic].send(key=e.key, value=e.value)
-            if e.opened is not None:
-                metrics.violations.labels(*e.opened).inc()
+        rec, exists = enforcer.load(tenant)
+        return rec.state.watermark_us if exists else qa.ticker.watermark.get(partition, 0)
 
     async def handle(event: Any) -> None:
         msg = event.message
         try:
-            await apply(msg)
+            await apply(event)
         except Exception as exc:  # no input may stop a partition
             await internal_error(msg, "apply", exc, _peek_id(msg))
+            batch.add(event)
 
-    async def apply(msg: Any) -> None:
-        """Decode, route and apply one input message."""
+    async def apply(event: Any) -> None:
+        """Decode, route and apply one input message; add it to the batch."""
+        msg = event.message
         try:
             decoded = decode(
                 msg.value,
@@ -222,18 +205,21 @@ def register(qa: QuotaApp) -> None:
             )
         except DecodeError as exc:
             await to_dead_letter(msg, exc.reason, exc.message)
+            batch.add(event)
             return
         topic = msg.topic
         if decoded.type == "template.defined":
             define_template(decoded, f"{short[topic]}:{msg.partition}:{msg.offset}")
+            batch.add(event)
             return
         tenant = decoded.tenant_id
         if tenant is None and msg.key:
             tenant = msg.key.decode("utf-8", "replace")
         if tenant is None:
             await to_dead_letter(msg, "missing_field", "data.tenant_id: required for routing")
+            batch.add(event)
             return
-        home = home_partition(tenant, n_parts)
+        home = qa.home(tenant)
         if short[topic] != "rt" and msg.partition != home:
             await qa.routed.send(
                 key=tenant.encode(),
@@ -244,29 +230,35 @@ def register(qa: QuotaApp) -> None:
                     (ORIGIN_HEADER, f"{topic}|{msg.partition}|{msg.offset}".encode()),
                 ],
             )
+            batch.add(event)
             return
         stream = f"{short[topic]}:{msg.partition}"
-        # The agents share one event loop; the lock keeps a tenant's outputs in the order its
-        # state changed when two agents (events, commands) interleave at a send.
+        rejection: Rejection | None = None
         async with order:
             try:
                 emits = enforcer.process(with_tenant(decoded, tenant), stream, msg.offset)
             except Rejection as exc:
-                await to_dead_letter(msg, exc.reason, exc.message, decoded.id)
-                return
+                rejection = exc
             except Exception as exc:
                 await internal_error(msg, "apply", exc, decoded.id)
+                batch.add(event)
                 return
-            if enforcer.last_duplicate:
-                count_duplicate(decoded.type)
+            else:
+                sweep_identities(msg.partition)
+                if enforcer.last_duplicate:
+                    count_duplicate(decoded.type)
+                else:
+                    qa.ticker.note(
+                        msg.partition, tenant, enforcer.last_deadline, enforcer.last_watermark
+                    )
+                    if enforcer.totals_delta:
+                        qa.add_totals(msg.partition, enforcer.totals_delta)
+                    metrics.events_processed.labels(decoded.type, "accepted").inc()
+                    metrics.event_lag.observe(max(0.0, time.time() - decoded.time_us / 1e6))
+                batch.add(event, emits)
                 return
-            qa.ticker.note(msg.partition, tenant, enforcer.last_deadline, enforcer.last_watermark)
-            if enforcer.totals_delta:
-                qa.add_totals(msg.partition, enforcer.totals_delta)
-            await send_all(emits)
-        sweep_identities(msg.partition)
-        metrics.events_processed.labels(decoded.type, "accepted").inc()
-        metrics.event_lag.observe(max(0.0, time.time() - decoded.time_us / 1e6))
+        await to_dead_letter(msg, rejection.reason, rejection.message, decoded.id)
+        batch.add(event)
 
     def count_duplicate(type_: str) -> None:
         metrics.duplicates.labels(type_).inc()
@@ -287,31 +279,45 @@ def register(qa: QuotaApp) -> None:
         qa.templates[identity] = marker.encode()
         metrics.events_processed.labels(decoded.type, "accepted").inc()
 
+    async def write_if_due(stream: Any) -> None:
+        if batch.due(waiting_input(stream)):
+            async with order:
+                await batch.flush()
+
     async def consume(stream: Any) -> None:
+        stream = stream.noack()  # acknowledged by the batch, once written
         async for event in stream.events():
             await handle(event)
+            await write_if_due(stream)
 
     async def consume_ticks(stream: Any) -> None:
+        stream = stream.noack()
         async for event in stream.events():
             msg = event.message
             tick_us = int(msg.value)
             stream_id = f"tk:{msg.partition}"
-            for tenant in qa.ticker.due(msg.partition, tick_us):
-                async with order:
+            emits: list[Emit] = []
+            failed: list[tuple[str, Exception]] = []
+            async with order:
+                for tenant in qa.ticker.due(msg.partition, tick_us):
                     try:
-                        emits = enforcer.tick(tenant, tick_us, stream_id, msg.offset)
-                    except Exception as exc:  # the tenant's state is as it was; go on
-                        await internal_error(msg, "tick", exc, f"tick:{tenant}")
+                        emits += enforcer.tick(tenant, tick_us, stream_id, msg.offset)
+                    except Exception as tick_error:  # the tenant's state is as it was; go on
+                        failed.append((tenant, tick_error))
                         continue
                     qa.ticker.note(msg.partition, tenant, enforcer.last_deadline, tick_us)
                     if enforcer.totals_delta:
                         qa.add_totals(msg.partition, enforcer.totals_delta)
-                    await send_all(emits)
+                batch.add(event, emits)
+            for tenant, failure in failed:
+                await internal_error(msg, "tick", failure, f"tick:{tenant}")
+            await write_if_due(stream)
 
     latest_totals: dict[str, tuple[dict[str, int], int]] = {}
 
     async def consume_system_totals(stream: Any) -> None:
         """On the owner of the tenant "system": sum the partitions' totals, evaluate."""
+        stream = stream.noack()
         async for event in stream.events():
             msg = event.message
             body = orjson.loads(msg.value)
@@ -324,38 +330,55 @@ def register(qa: QuotaApp) -> None:
                 for r, a in per.items():
                     summed[r] = summed.get(r, 0) + a
             wm = max(w for _t, w in latest_totals.values())
+            error: Exception | None = None
+            emits: list[Emit] = []
             async with order:
                 try:
                     emits = enforcer.system_totals(summed, wm, f"st:{msg.partition}", msg.offset)
                 except Exception as exc:
-                    await internal_error(msg, "system_totals", exc, None)
-                    continue
-                await send_all(emits)
+                    error = exc
+                batch.add(event, emits)
+            if error is not None:
+                await internal_error(msg, "system_totals", error, None)
+            await write_if_due(stream)
 
     desk = qa.desk
 
     async def consume_admission(stream: Any) -> None:
-        """Check-and-reserve, release and TTL records of the check API, decided in order."""
+        """Check-and-reserve, release and TTL records of the check API, decided in order;
+        each answer is given once the state it decided on is written."""
+        stream = stream.noack()
         async for event in stream.events():
             msg = event.message
             body: Any = None
+            error: Exception | None = None
             try:
                 body = orjson.loads(msg.value)
                 stream_id = f"ad:{msg.partition}"
                 async with order:
-                    result, emits = enforcer.admit(body, stream_id, msg.offset)
-                    await send_all(emits)
-            except Rejection as exc:
-                desk.resolve(body.get("request_id"), exc)
-                continue
-            except Exception as exc:
-                # written only by the check API: a bad record, or one the rules fail on, is a
-                # bug, not user input; the caller gets an error and the partition goes on
-                await internal_error(msg, "admission", exc, None)
+                    try:
+                        result, emits = enforcer.admit(body, stream_id, msg.offset)
+                    except Exception as exc:
+                        error = exc
+                    else:
+                        request_id = body.get("request_id")
+                        batch.add(
+                            event,
+                            emits,
+                            lambda r=request_id, res=result: desk.resolve(r, res),  # type: ignore[misc]
+                        )
+            except Exception as exc:  # not JSON
+                error = exc
+            if error is not None:
+                if not isinstance(error, Rejection):
+                    # written only by the check API: a bad record, or one the rules fail
+                    # on, is a bug, not user input; the caller gets an error and the
+                    # partition goes on
+                    await internal_error(msg, "admission", error, None)
                 if isinstance(body, dict):
-                    desk.resolve(body.get("request_id"), exc)
-                continue
-            desk.resolve(body.get("request_id"), result)
+                    desk.resolve(body.get("request_id"), error)
+                batch.add(event)
+            await write_if_due(stream)
 
     app.agent(qa.resource_events, name="ingest-resource-events", concurrency=1)(consume)
     app.agent(qa.quota_commands, name="ingest-quota-commands", concurrency=1)(consume)

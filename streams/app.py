@@ -7,6 +7,7 @@ core (``streams.quota``), store, send. Everything a user can observe is declared
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from typing import Any
@@ -17,24 +18,12 @@ import orjson
 from streams import faust_compat
 from streams.metrics import Metrics
 from streams.settings import Settings
+from streams.store.rocksdb import rocksdb_options
 from streams.ticks import Ticker
 
 __all__ = ["QuotaApp", "create_app"]
 
 log = logging.getLogger(__name__)
-
-
-def rocksdb_options() -> dict[str, Any]:
-    """RocksDB per table and partition. Faust's defaults (3 x 64 MiB write buffers per
-    database) multiply into gigabytes with 12 partitions and several tables. A fresh dict each
-    time: Faust pops keys out of the one it is given. No block cache size here: one cache,
-    with the memtables charged to it, serves every database
-    (``faust_compat.share_rocksdb_memory``)."""
-    return {
-        "driver": "rocksdict",
-        "write_buffer_size": 4 * 1024 * 1024,
-        "max_write_buffer_number": 2,
-    }
 
 
 class QuotaApp:
@@ -118,18 +107,23 @@ class QuotaApp:
             tbl.value_serializer = "raw"
             return tbl
 
-        # One record per tenant (its whole quota state) and one per resource instance.
-        self.tenants = table("tenants")
-        self.instances = table("instances")
-        # (tenant, source, id) of consumption events, kept past the lateness bound (older
-        # consumption is rejected as late anyway), then dropped by the changelog's retention.
-        self.dedup = table(
-            "dedup",
-            extra_topic_configs={
-                "cleanup.policy": "compact,delete",
-                "retention.ms": str(8 * 24 * 3600 * 1000),
-            },
+        # Everything about the tenants homed on a partition, in one keyed space
+        # (streams.store.records), written in batches (streams.store.faust_base).
+        self.state = table("state")
+        from streams.agents import home_partition
+        from streams.store.faust_base import ChangelogWriter, FaustBase
+        from streams.store.tenant_store import TenantStore
+
+        n = settings.partitions
+        # murmur2 in pure Python costs microseconds; a tenant's home is asked for on every read
+        self.home = functools.lru_cache(maxsize=1 << 16)(lambda t: home_partition(t, n))
+        self.store = TenantStore(
+            FaustBase(self.state),
+            self.home,
+            cache_bytes=settings.state_cache_mb * 2**20,
         )
+        self.writer = ChangelogWriter(self.app, self.state, max_batch_bytes=1024 * 1024)
+        self.batch: Any = None  # streams.batch.Batch, made by agents.register
         # Custom templates (template.defined), readable by every worker.
         self.templates = table("templates", global_=True)
         self.ticker = Ticker(clock=time.time)
@@ -276,6 +270,18 @@ class QuotaApp:
                 for tp in due:
                     stalled_since.pop(tp, None)
 
+        max_wait = self.settings.batch_max_wait_ms / 1000
+
+        @app.task
+        async def write_old_batches() -> None:
+            """A batch is written by the agent that fills it, or when it runs dry; this
+            writes one whose agents were stopped meanwhile (a rebalance clears their input).
+            A loop, not a timer: waiting for the agents' lock is not an overrun."""
+            while True:
+                await asyncio.sleep(max_wait)
+                if self.batch is not None:
+                    await self.batch.flush_if_old()
+
         @app.timer(interval=1.0, on_leader=False)
         async def every_second() -> None:
             if app.rebalancing or not tables_recovered(app):
@@ -307,6 +313,11 @@ class QuotaApp:
             self.desk.forget(gone)
             for p in gone:
                 self.partition_totals.pop(p, None)
+            if self.batch is not None:
+                # written before the partitions move: the new owner restores from the
+                # changelog and reads on from the offsets committed after it
+                async with self.batch.lock:
+                    await self.batch.flush()
             if self.enforcer is not None:
                 self.enforcer.forget()
 
@@ -335,15 +346,12 @@ class QuotaApp:
         from streams.enforce import SYSTEM, TenantRecord
         from streams.quota import next_deadline, tenant_totals
 
-        if faust_compat.open_dbs(self.tenants) is None:
-            return
         for p in sorted(partitions):
             await asyncio.sleep(0)
             if self.app.rebalancing or p not in self.active_inputs:
                 return  # moved meanwhile: the next round indexes what is owned then
             totals: dict[str, int] = {}
-            for key, raw in faust_compat.table_rows(self.tenants, p):
-                tenant = key.decode()
+            for tenant, raw in self.store.records(p):
                 rec = TenantRecord.from_bytes(raw, system=tenant == SYSTEM)
                 self.ticker.note(p, tenant, next_deadline(rec.state), rec.state.watermark_us)
                 self.desk.note(p, tenant, rec)

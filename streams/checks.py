@@ -41,7 +41,6 @@ from streams import quota as q
 from streams.admission import AdmissionTimeout, now_us
 from streams.app import tables_recovered
 from streams.enforce import SYSTEM
-from streams.faust_compat import partition_db
 from streams.web import ApiError, _num
 
 if TYPE_CHECKING:
@@ -125,7 +124,7 @@ class CheckService:
         """The URL of the worker owning ``tenant``, or None when it is this one."""
         app = self.qa.app
         try:
-            url = app.router.key_store(self.qa.tenants.name, tenant)
+            url = app.router.key_store(self.qa.state.name, tenant)
         except KeyError:
             raise ApiError(503, "rebalancing", "partition owners are being reassigned") from None
         me = app.conf.canonical_url
@@ -142,20 +141,11 @@ class CheckService:
 
     # -- state ------------------------------------------------------------------------------
 
-    def _stored(self, tenant: str) -> bytes | None:
-        """The tenant's stored record, read straight from its partition's RocksDB (the table
-        API would probe every partition's database for a key)."""
-        db = partition_db(self.qa.tenants, self.home(tenant))
-        if db is not None:
-            value: bytes | None = db.get(tenant.encode())
-            return value
-        return self.qa.tenants.get(tenant.encode())
-
     def tenant_state(self, tenant: str) -> tuple[q.TenantState, dict[str, Any]]:
-        enforcer = self.qa.enforcer
-        rec, raw = enforcer.load(tenant, self._stored(tenant))
+        store = self.qa.store
+        rec, exists = store.committed_record(tenant)
         self._lookups += 1
-        if raw is not None and enforcer.last_load_hit:
+        if exists and store.last_load_hit:
             self._hits += 1
         if self._lookups >= 1000:
             self.qa.metrics.cache_hit_ratio.set(self._hits / self._lookups)
@@ -184,7 +174,7 @@ class CheckService:
         except ApiError:
             return
         if owner is None:
-            rec, _raw = qa.enforcer.load(SYSTEM)
+            rec, _exists = qa.store.committed_record(SYSTEM)
             if isinstance(rec.state, q.SystemState):
                 self.system, self.system_at = rec.state, time.time()
             return
@@ -455,7 +445,7 @@ def register(
                     raise ApiError(400, "missing_tenant_id", "tenant_id is required")
                 authenticate(request, tenant)
                 try:
-                    return await app.router.route_req(qa.tenants.name, tenant, self.web, request)
+                    return await app.router.route_req(qa.state.name, tenant, self.web, request)
                 except SameNode:
                     pass
                 svc.ensure_serving(tenant)
@@ -568,8 +558,8 @@ def register(
     class SystemSnapshotView(web.View):
         async def get(self, request: web.Request) -> web.Response:
             """The system state, for the other workers' checks (internal)."""
-            rec, raw = qa.enforcer.load(SYSTEM)
-            state = orjson.loads(rec.state.to_bytes()) if raw is not None else None
+            rec, exists = qa.store.committed_record(SYSTEM)
+            state = orjson.loads(rec.state.to_bytes()) if exists else None
             return json_response({"state": state, "at": time.time()})
 
     app.page("/api/v1/quotas/check")(CheckView)

@@ -37,11 +37,13 @@ __all__ = [
     "committed_offset",
     "flowing_partitions",
     "install",
+    "kafka_producer",
     "open_dbs",
     "partition_db",
     "share_rocksdb_memory",
     "source_hash",
-    "table_rows",
+    "waiting_input",
+    "write_partition",
 ]
 
 log = logging.getLogger(__name__)
@@ -113,12 +115,9 @@ def _patch(owner: Any, name: str, replacement: Any) -> None:
 # --- reads of private state --------------------------------------------------------------------
 
 
-def partition_db(table: Any, partition: int) -> Any | None:
-    """The RocksDB database of one partition of a Faust table (None for an in-memory store)."""
-    store = table.data
-    if not hasattr(store, "_db_for_partition"):
-        return None
-    return store._db_for_partition(partition)
+def partition_db(table: Any, partition: int) -> Any:
+    """The RocksDB database of one partition of a Faust table (opened if it is not)."""
+    return table.data._db_for_partition(partition)
 
 
 def open_dbs(table: Any) -> dict[int, Any] | None:
@@ -127,16 +126,33 @@ def open_dbs(table: Any) -> dict[int, Any] | None:
     return None if dbs is None else dict(dbs)
 
 
-def table_rows(table: Any, partition: int, start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
-    """A partition's rows in key order from ``start``, without Faust's own offset row."""
-    db = partition_db(table, partition)
-    if db is None:
-        return
-    offset_key = getattr(table.data, "offset_key", None)
-    for key, raw in db.items(from_key=start) if start else db.items():
-        if key == offset_key or key.startswith(b"__faust"):
-            continue
-        yield key, raw
+def write_partition(
+    table: Any, partition: int, rows: Iterator[tuple[bytes, bytes | None]], offset: int
+) -> None:
+    """Write rows (None deletes) and the changelog offset they reach to one partition's
+    RocksDB database, in one atomic ``WriteBatch``. The offset goes where Faust's own
+    changelog writes keep it (``set_persisted_offset``), so its recovery resumes after it."""
+    import rocksdict
+
+    db = table.data._db_for_partition(partition)
+    batch = rocksdict.WriteBatch(raw_mode=True)
+    for key, value in rows:
+        if value is None:
+            batch.delete(key)
+        else:
+            batch.put(key, value)
+    batch.put(table.data.offset_key, str(offset).encode())
+    db.write(batch)
+
+
+def kafka_producer(app: Any) -> Any:
+    """The aiokafka producer under Faust's (for record batches: ``create_batch``)."""
+    return app.producer._ensure_producer()
+
+
+def waiting_input(stream: Any) -> int:
+    """Events waiting in an agent's input buffer."""
+    return int(stream.channel.queue.qsize())
 
 
 def flowing_partitions(app: Any) -> tuple[set[Any], set[Any]] | None:

@@ -57,6 +57,18 @@ class Metrics:
             registry=r,
             buckets=(*LATENCY_BUCKETS, 30, 60, 300, 3600),
         )
+        self.batch_messages = Histogram(
+            "quota_write_batch_messages",
+            "Input messages per write batch (written and acknowledged together)",
+            registry=r,
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000),
+        )
+        self.batch_seconds = Histogram(
+            "quota_write_batch_seconds",
+            "Time to write one batch: changelog acknowledged, RocksDB, outputs handed over",
+            registry=r,
+            buckets=LATENCY_BUCKETS,
+        )
         self.dead_letter = Counter(
             "quota_dead_letter", "Messages sent to the dead-letter topic", ["reason"], registry=r
         )

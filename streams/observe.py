@@ -30,7 +30,7 @@ from schemas.amounts import from_micros
 from streams import faust_compat
 from streams import quota as q
 from streams.app import tables_recovered
-from streams.faust_compat import committed_offset, table_rows
+from streams.faust_compat import committed_offset
 from streams.metrics import EntityRow, TopEntities, consumer_lag, remove_series
 
 if TYPE_CHECKING:
@@ -290,8 +290,7 @@ class Observer:
         """Fold in every tenant of a newly owned partition (once per assignment)."""
         from streams.enforce import SYSTEM, TenantRecord
 
-        for i, (key, raw) in enumerate(table_rows(self.qa.tenants, partition), 1):
-            tenant = key.decode()
+        for i, (tenant, raw) in enumerate(self.qa.store.records(partition), 1):
             if tenant not in self.dirty:  # a newer state is already waiting
                 rec = TenantRecord.from_bytes(raw, system=tenant == SYSTEM)
                 top.update(tenant, entity_rows(rec.state))

@@ -104,6 +104,11 @@ class Settings(BaseSettings):
     state_cache_mb: int = Field(default=32, ge=0)
     rocksdb_memory_mb: int = Field(default=128, ge=8)
     malloc_arenas: int = Field(default=2, ge=0)  # glibc M_ARENA_MAX for the worker (0: default)
+    # The write batch: messages whose effects are written (changelog, then RocksDB) and acked
+    # together. A batch is written at this many messages, when its first message has waited
+    # this long, or as soon as nothing more is waiting.
+    batch_max_events: int = Field(default=1000, ge=1, le=100_000)
+    batch_max_wait_ms: int = Field(default=50, ge=1, le=10_000)
     # How long the check API waits for the tenant's agent to decide a reserve (then 503).
     admission_timeout_seconds: float = Field(default=10.0, gt=0)
 

@@ -21,7 +21,6 @@ from schemas.common import format_time_us
 from streams import observe
 from streams import quota as q
 from streams.app import tables_recovered
-from streams.faust_compat import table_rows
 
 if TYPE_CHECKING:
     from streams.app import QuotaApp
@@ -105,10 +104,10 @@ def register(qa: QuotaApp, authenticate: Authenticator = allow_all) -> None:
         except ApiError as exc:
             return error(view, exc)
         try:
-            return await app.router.route_req(qa.tenants.name, tenant_id, view.web, request)
+            return await app.router.route_req(qa.state.name, tenant_id, view.web, request)
         except SameNode:
             pass
-        rec, _raw = qa.enforcer.load(tenant_id)
+        rec, _exists = qa.store.committed_record(tenant_id)
         state = rec.state
         as_of = {
             "event_time": format_time_us(state.watermark_us) if state.watermark_us else None,
@@ -244,11 +243,11 @@ def register(qa: QuotaApp, authenticate: Authenticator = allow_all) -> None:
         parts = sorted(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic)
         tenants: dict[str, Any] = {}
         for p in parts:
-            for key, raw in table_rows(qa.tenants, p):
-                if key == SYSTEM.encode():  # not a tenant
+            for tenant, raw in qa.store.records(p):
+                if tenant == SYSTEM:  # not a tenant
                     continue
                 st = TenantRecord.from_bytes(raw).tenant
-                tenants[key.decode()] = {
+                tenants[tenant] = {
                     "partition": p,
                     "watermark_us": st.watermark_us,
                     "quotas": sum(len(per) for per in st.quotas.values()),

@@ -555,15 +555,15 @@ class Expectation:
             assert rwm <= wm <= now_us, f"{t}: worker event time {wm}, log {rwm}, now {now_us}"
 
 
-def wait_usage_equal(
+def settle_usage(
     stack: Stack,
     expected: dict[Key, Decimal],
     df: Any,
     timeout: float = 240.0,
     exp: Expectation | None = None,
-) -> dict[str, Any]:
-    """Poll until the workers serve what the reference says and the group is drained; then
-    assert equality for every (tenant, level, entity, resource)."""
+) -> tuple[dict[str, Any], Expectation, list[tuple[Key, Any, Any]], int]:
+    """Poll until the workers serve what the reference says (or ``timeout``) and the group is
+    drained; then (served tenants, the expectation, the differing entries, entries compared)."""
     exp = exp or Expectation(df, expected)
     deadline = time.monotonic() + timeout
     tenants: dict[str, Any] | None = None
@@ -577,7 +577,19 @@ def wait_usage_equal(
     tenants = stack.wait_for(lambda: dump(stack), timeout=120)
     got = served_usage(tenants)
     want = exp.at(tenants)
-    bad = diff(want, got)
+    return tenants, exp, diff(want, got), len(set(want) | set(got))
+
+
+def wait_usage_equal(
+    stack: Stack,
+    expected: dict[Key, Decimal],
+    df: Any,
+    timeout: float = 240.0,
+    exp: Expectation | None = None,
+) -> dict[str, Any]:
+    """Poll until the workers serve what the reference says and the group is drained; then
+    assert equality for every (tenant, level, entity, resource)."""
+    tenants, exp, bad, compared = settle_usage(stack, expected, df, timeout, exp)
     if bad:
         lines = [
             f"{k}: expected {e} got {g} (watermark log {exp.ref_wm.get(k[0])} worker "
@@ -585,7 +597,7 @@ def wait_usage_equal(
             for k, e, g in bad[:25]
         ]
         raise AssertionError(
-            f"{len(bad)} of {len(set(want) | set(got))} usage entries differ:\n"
+            f"{len(bad)} of {compared} usage entries differ:\n"
             + "\n".join(lines)
             + "\n"
             + _tails(stack)
@@ -689,19 +701,7 @@ def check_violations(
                 served_open.add((t, LEVEL_OF[ekey[0]], ekey[1:], res))
     assert served_open == expected_open
     if expected_episodes is not None:
-        got = {
-            Episode(
-                d["tenant_id"],
-                d["level"],
-                d["entity_id"],
-                d["resource_type"],
-                d["cause_event_id"],
-                ref.parse_time_us(d["detected_at"]),
-                Decimal(str(d["usage"])),
-                resolved[vid]["resolved_cause_event_id"] if vid in resolved else None,
-            )
-            for vid, d in opened.items()
-        }
+        got = episodes_of(opened, resolved)
         assert got == expected_episodes, (
             f"episodes: missing {sorted(expected_episodes - got, key=str)[:5]}, "
             f"extra {sorted(got - expected_episodes, key=str)[:5]}"
@@ -711,6 +711,24 @@ def check_violations(
         "episodes": len(opened),
         "resolved": len(resolved),
         "redelivered": len(records) - len(first),
+    }
+
+
+def episodes_of(opened: dict[str, Any], resolved: dict[str, Any]) -> set[Episode]:
+    """The episodes of the output: ``opened``/``resolved`` map a violation id to the data of the
+    first ``quota.violation`` / ``quota.violation_resolved`` record with that id."""
+    return {
+        Episode(
+            d["tenant_id"],
+            d["level"],
+            d["entity_id"],
+            d["resource_type"],
+            d["cause_event_id"],
+            ref.parse_time_us(d["detected_at"]),
+            Decimal(str(d["usage"])),
+            resolved[vid]["resolved_cause_event_id"] if vid in resolved else None,
+        )
+        for vid, d in opened.items()
     }
 
 

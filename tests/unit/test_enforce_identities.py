@@ -10,9 +10,11 @@ import orjson
 import pytest
 
 from schemas.codec import decode
-from streams.enforce import Enforcer, Identities, InjectedFault, Rejection, dict_scan
+from streams.enforce import Identities, InjectedFault, Rejection
 from streams.quota.units import SEC_US
+from streams.store.records import IDENTITY
 from streams.translate import with_tenant
+from tests.support.world import StoreWorld
 
 T0 = datetime(2026, 11, 20, 10, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -46,14 +48,9 @@ def _quota(id_: str, t: datetime, limit: float, **extra: Any) -> bytes:
     )
 
 
-class World:
+class World(StoreWorld):
     def __init__(self) -> None:
-        self.tenants: dict[bytes, bytes] = {}
-        self.instances: dict[bytes, bytes] = {}
-        self.dedup: dict[bytes, bytes] = {}
-        self.enforcer = Enforcer(
-            self.tenants, self.instances, dict_scan(self.instances), dedup=self.dedup
-        )
+        super().__init__()
         self.offset = 0
 
     def send(self, raw: bytes, stream: str = "re:0", offset: int | None = None) -> list[Any]:
@@ -72,8 +69,8 @@ class World:
         rec, _raw = self.enforcer.load("t1")
         return int(rec.tenant.quotas["Tt1"]["cpu"][1]) // 1_000_000  # [limit_type, limit, ...]
 
-    def snapshot(self) -> tuple[dict[bytes, bytes], ...]:
-        return dict(self.tenants), dict(self.instances), dict(self.dedup)
+    def snapshot(self) -> dict[bytes, bytes]:
+        return self.rows()
 
 
 def test_a_conflicting_resend_of_a_create_is_ignored() -> None:
@@ -138,28 +135,23 @@ def test_an_identity_expires_after_the_retention_of_event_time() -> None:
 
 
 def test_the_sweep_deletes_expired_identities_a_slice_at_a_time() -> None:
-    store: dict[bytes, bytes] = {}
-    ids = Identities(store, retention_us=7 * 86_400 * SEC_US)
+    w = World()
+    ids = w.enforcer.identities
     day = 86_400 * SEC_US
     for i in range(10):
         ids.hold(Identities.key("t1", "s", f"old-{i}"), f"re:0:{i}", 1 * day)
         ids.hold(Identities.key("t1", "s", f"new-{i}"), f"re:0:{i}", 9 * day)
-    store[b"t2\x1fs\x1flegacy"] = b"re:0:1"  # written before identities carried a time
-    store[b"__faust\x00offset__"] = b"12"  # the store's own bookkeeping
-
-    def rows(start: bytes) -> Any:
-        return iter(sorted((k, v) for k, v in store.items() if k >= start))
+    w.store.put(Identities.key("t2", "s", "untimed"), b"re:0:1")  # no time: swept
+    w.commit()
 
     cursor: bytes | None = b""
     rounds = 0
     while cursor is not None:
-        cursor = ids.sweep(rows(cursor), store.pop, lambda t: 10 * day, budget=4)
+        cursor = ids.sweep(w.base.scan(0, IDENTITY, cursor), lambda t: 10 * day, budget=4)
+        w.commit()  # the deletes are staged, then written with the batch
         rounds += 1
-    assert rounds == 6  # 22 rows, four a slice
-    assert sorted(store) == [
-        b"__faust\x00offset__",
-        *sorted(Identities.key("t1", "s", f"new-{i}") for i in range(10)),
-    ]
+    assert rounds == 6  # 21 rows, four a slice
+    assert sorted(w.rows()) == sorted(Identities.key("t1", "s", f"new-{i}") for i in range(10))
 
 
 def test_an_unexpected_exception_leaves_state_as_it_was() -> None:
@@ -186,7 +178,7 @@ def test_a_failed_message_does_not_hold_its_identity() -> None:
     w.enforcer.fault_ids = frozenset({"c1"})
     with pytest.raises(InjectedFault):
         w.send(_msg("vm.created", "c1", T0, vm_id="vm-1", cpu=2, memory=1))
-    assert w.dedup == {}
+    assert w.identities() == {}
     w.enforcer.fault_ids = frozenset()
     w.send(_msg("vm.created", "c1", T0, vm_id="vm-1", cpu=2, memory=1))
     assert w.cpu() == 2

@@ -34,10 +34,11 @@ from hypothesis import strategies as st
 from schemas.codec import DecodeLimits, decode
 from schemas.exceptions import DecodeError
 from schemas.outputs import OUTPUT_MODELS
-from streams.enforce import Emit, Enforcer, Rejection, dict_scan
+from streams.enforce import Emit, Rejection
 from streams.settings import Settings
 from streams.translate import with_tenant
 from tests.support import reference
+from tests.support.world import StoreWorld
 
 # --- the space -----------------------------------------------------------------------------
 
@@ -584,16 +585,11 @@ def encode(m: Msg, binary: bool) -> Record:
 # --- the worker's step ---------------------------------------------------------------------
 
 
-class World:
-    """One worker's tables, fed record by record as the event and command agents do."""
+class World(StoreWorld):
+    """One worker's store, fed record by record as the event and command agents do."""
 
-    def __init__(self) -> None:
-        self.tenants: dict[bytes, bytes] = {}
-        self.instances: dict[bytes, bytes] = {}
-        self.dedup: dict[bytes, bytes] = {}
-        self.enforcer = Enforcer(
-            self.tenants, self.instances, dict_scan(self.instances), dedup=self.dedup
-        )
+    def __init__(self, *, batched: bool = False) -> None:
+        super().__init__(batched=batched)
         self.offsets = {"qc:0": 0, "re:0": 0}
 
     def feed(self, category: str, record: Record) -> list[Emit] | str:
@@ -746,7 +742,9 @@ def run(msgs: list[Msg]) -> None:
         return
     note("log:\n" + "\n".join(repr(m) for m in msgs))
     log = msgs + closing_events(msgs)
-    a, b = World(), World()
+    # b differs from a in the binding of every record and in writing its state in batches
+    # of three messages, as the worker does (a commits after every message)
+    a, b = World(), World(batched=True)
     records: list[Record] = []
     outcomes: list[str] = []
     episodes = EpisodeLog()
@@ -754,6 +752,8 @@ def run(msgs: list[Msg]) -> None:
         rec_a, rec_b = encode(m, m.binary), encode(m, not m.binary)
         records.append(rec_a)
         got_a, got_b = a.feed(m.category, rec_a), b.feed(m.category, rec_b)
+        if len(records) % 3 == 0:
+            b.commit()
         assert got_a == got_b, f"the two bindings disagree on {m!r}: {got_a} / {got_b}"
         if isinstance(got_a, str):
             outcomes.append(got_a)
@@ -762,7 +762,8 @@ def run(msgs: list[Msg]) -> None:
         outcomes.append("ok")
         for emit in got_a:
             episodes.see(check_output(emit))
-    assert (a.tenants, a.instances, a.dedup) == (b.tenants, b.instances, b.dedup)
+    b.commit()
+    assert a.rows() == b.rows()
 
     df = reference.parse_records(records, sanity_cap=CAP)
     dead = {i for i, o in enumerate(outcomes) if o != "ok"}

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from streams.enforce import Enforcer, RecordCache, dict_scan
+from streams.store.records import RecordCache
+from tests.support.world import StoreWorld
 
 
 def test_record_cache_evicts_least_recently_used_past_its_budget() -> None:
@@ -44,31 +45,32 @@ def test_enforcer_cache_stays_inside_its_byte_budget() -> None:
     from schemas.codec import decode
     from streams.translate import with_tenant
 
-    tenants: dict[bytes, bytes] = {}
-    instances: dict[bytes, bytes] = {}
     budget = 200_000
-    enf = Enforcer(tenants, instances, dict_scan(instances), cache_bytes=budget)
+    w = StoreWorld(cache_bytes=budget)
+    enf, cache = w.enforcer, w.store.cache
     commands, events = bulk_load(2_000, 500, start=datetime(2026, 11, 1, tzinfo=UTC))
     now_ms = int(datetime.now(UTC).timestamp() * 1000)
     for offset, body in enumerate([*commands, *events]):
         d = decode(orjson.dumps(body), [], record_timestamp_ms=now_ms)
         enf.process(with_tenant(d, d.tenant_id), "qc:0", offset)
-        assert enf._cache.size <= budget
+        assert cache.size <= budget
+    tenants = [t for t, _raw in w.store.records(0)]
     assert len(tenants) == 200
-    assert 0 < len(enf._cache) < len(tenants)  # bounded, not emptied
+    assert 0 < len(cache) < len(tenants)  # bounded, not emptied
     # an evicted tenant is parsed again from its stored bytes, and then cached
-    evicted = next(t.decode() for t in tenants if t.decode() not in enf._cache._items)
-    rec, raw = enf.load(evicted)
-    assert raw == tenants[evicted.encode()] and rec.tenant.tenant_id == evicted
-    assert enf._cache.get(evicted, raw) is rec
+    evicted = next(t for t in tenants if t not in cache._items)
+    rec, exists = enf.load(evicted)
+    raw = w.store.stored(evicted)
+    assert exists and raw is not None and rec.tenant.tenant_id == evicted
+    assert cache.get(evicted, raw) is rec
 
 
 def test_rocksdb_databases_share_one_cache(tmp_path: Path) -> None:
     rocksdict = pytest.importorskip("rocksdict")
     from faust.stores.rocksdb import RocksDBOptions
 
-    from streams.app import rocksdb_options
     from streams.faust_compat import _shared_rocksdb, share_rocksdb_memory
+    from streams.store.rocksdb import rocksdb_options
 
     share_rocksdb_memory(64 * 2**20)
     cache = _shared_rocksdb["cache"]

@@ -17,6 +17,9 @@ from streams.agents import home_partition
 from streams.enforce import TenantRecord
 from streams.metrics import Metrics
 from streams.settings import Settings
+from streams.store.faust_base import FaustBase
+from streams.store.records import record_key
+from streams.store.tenant_store import TenantStore
 
 from .test_quota_support import World
 
@@ -45,8 +48,8 @@ class FakeDb:
     def __init__(self, rows: dict[bytes, bytes]) -> None:
         self.rows = rows
 
-    def items(self) -> list[tuple[bytes, bytes]]:
-        return sorted(self.rows.items())
+    def items(self, from_key: bytes = b"") -> list[tuple[bytes, bytes]]:
+        return sorted((k, v) for k, v in self.rows.items() if k >= from_key)
 
     def property_int_value(self, name: str) -> int:
         assert name == "rocksdb.estimate-num-keys"
@@ -77,7 +80,7 @@ class FakeApp:
         self.store = FakeStore()
         self.tables = SimpleNamespace(
             recovery=SimpleNamespace(completed=done),
-            values=lambda: [SimpleNamespace(name="tenants", data=self.store, is_global=False)],
+            values=lambda: [SimpleNamespace(name="state", data=self.store, is_global=False)],
         )
         self.timers: list[Callable[[], Any]] = []
         self.tasks: list[Callable[[], Any]] = []
@@ -114,7 +117,9 @@ def make_qa() -> Any:
         routed=topics["internal-routed"],
         ticks=topics["internal-ticks"],
         system_totals=topics["st"],
-        tenants=SimpleNamespace(data=app.store),
+        store=TenantStore(
+            FaustBase(SimpleNamespace(data=app.store)), lambda t: home_partition(t, PARTS)
+        ),
         enforcer=SimpleNamespace(listeners=[]),
     )
     return qa
@@ -226,7 +231,7 @@ def test_refresh_seeds_new_partitions_folds_changes_and_forgets_moved_tenants(
     tenants = {f"t{i}": float(i + 1) for i in range(8)}
     for t, used in tenants.items():
         p = home_partition(t, PARTS)
-        qa.app.store._dbs[p].rows[t.encode()] = _tenant_rows(t, used)
+        qa.app.store._dbs[p].rows[record_key(t)] = _tenant_rows(t, used)
     qa.app.store._dbs[0].rows[FakeStore.offset_key] = b"123"
     owned = sorted({home_partition(t, PARTS) for t in ("t7", "t6")})
     assign(qa, *owned)
@@ -244,7 +249,7 @@ def test_refresh_seeds_new_partitions_folds_changes_and_forgets_moved_tenants(
     best = sorted(on_owned, key=lambda t: -on_owned[t])[:2]
     assert exported() == {t: on_owned[t] * 10 for t in best}  # % of a limit of 10
     assert gauge(qa, "quota_assigned_partitions") == len(owned)
-    assert gauge(qa, "quota_table_keys", table="tenants", role="active") == sum(
+    assert gauge(qa, "quota_table_keys", table="state", role="active") == sum(
         len(qa.app.store._dbs[p].rows) for p in owned
     )
     assert gauge(qa, "quota_worker_ready") == 0  # the broker probe has not answered
