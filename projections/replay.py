@@ -40,17 +40,16 @@ import orjson
 
 from projections.log import LogPosition, LogReader, LogRecord, LogSlice, PartitionRange
 from schemas.amounts import from_micros
-from schemas.codec import Decoded, DecodeLimits, decode
+from schemas.codec import Decoded, DecodeLimits
 from schemas.common import datetime_to_us, format_time_us, parse_rfc3339
-from schemas.exceptions import DecodeError
 from streams import quota as q
-from streams.enforce import SYSTEM, Emit, Enforcer, InstanceRows, Rejection
+from streams import step
+from streams.enforce import SYSTEM, Emit, Enforcer, InstanceRows
 from streams.quota.state import C_START, E_AT, G_EVENT, G_PROJECT, G_RES, G_SOURCE, G_TIME, G_USER
 from streams.quota.units import SEP, entity_key, split_entity_key, split_quota_key
 from streams.settings import Settings, TopicNames, ensure_dir
 from streams.store.memory import MemoryStore
 from streams.store.records import instance_key
-from streams.translate import with_tenant
 
 __all__ = [
     "FORMATS",
@@ -342,19 +341,20 @@ class ReplayEngine:
         )
 
     def _input(self, rec: LogRecord) -> None:
-        try:
-            decoded = decode(
-                rec.value,
-                list(rec.headers) or None,
-                record_timestamp_ms=rec.timestamp_ms,
-                limits=self.limits,
-            )
-        except DecodeError as exc:
-            self._dead(rec, exc.reason, exc.message, None)
+        got = step.classify(
+            rec.value,
+            list(rec.headers) or None,
+            rec.key,
+            timestamp_ms=rec.timestamp_ms,
+            limits=self.limits,
+        )
+        if got.kind == "dead_letter":
+            self._dead(rec, got.reason, got.message, got.decoded)
             return
+        decoded: Any = got.decoded
         cite = Citation(rec.position, decoded.id, decoded.source, decoded.time_us)
         data: Any = decoded.data
-        if decoded.type == "template.defined":
+        if got.kind == "template":
             from schemas.commands import TemplateSpec
 
             self.templates[data.name] = TemplateSpec.model_validate(
@@ -364,27 +364,20 @@ class ReplayEngine:
             self.counts["applied"] += 1
             self._command(cite, decoded, "system")
             return
-        tenant = decoded.tenant_id
-        if tenant is None and rec.key:
-            tenant = rec.key.decode("utf-8", "replace")
-        if tenant is None:
-            self._dead(rec, "missing_field", "data.tenant_id: required for routing", decoded)
-            return
+        tenant: Any = got.tenant
         if self.tenant is not None and tenant != self.tenant:
             self.counts["other_tenants"] += 1
             return
-        decoded = with_tenant(decoded, tenant)
-        stream = f"{rec.topic}:{rec.partition}"
         before = self._over_of(tenant)
         self.enforcer.totals_delta = {}
-        try:
-            emits = self.enforcer.process(decoded, stream, rec.offset)
-        except Rejection as exc:
-            self._dead(rec, exc.reason, exc.message, decoded)
+        done = step.apply(self.enforcer, got, f"{rec.topic}:{rec.partition}", rec.offset)
+        if done.kind == "dead_letter":
+            self._dead(rec, done.reason, done.message, decoded)
             return
-        if self.enforcer.last_duplicate:
+        if done.kind == "duplicate":
             self.counts["duplicates"] += 1
             return
+        emits = done.emits
         if decoded.type == "api.requests":
             scope = q.Scope(tenant, data.project_id, data.user_id)
             self.consumption.setdefault(tenant, []).append(

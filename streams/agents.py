@@ -19,14 +19,13 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiokafka.partitioner import murmur2
 
-from schemas.codec import DecodeLimits, decode
-from schemas.exceptions import DecodeError
+from schemas.codec import DecodeLimits
+from streams import step
 from streams.batch import Batch
 from streams.enforce import Emit, Enforcer, Identities, Rejection
 from streams.faust_compat import committed_offset, waiting_input
 from streams.ingest import dead_letter_headers
 from streams.store.records import IDENTITY
-from streams.translate import with_tenant
 
 if TYPE_CHECKING:
     from streams.app import QuotaApp
@@ -194,71 +193,66 @@ def register(qa: QuotaApp) -> None:
             batch.add(event)
 
     async def apply(event: Any) -> None:
-        """Decode, route and apply one input message; add it to the batch."""
+        """Classify, route and apply one input message (``streams.step``); add it to the
+        batch."""
         msg = event.message
-        try:
-            decoded = decode(
-                msg.value,
-                list(msg.headers or ()),
-                record_timestamp_ms=int(msg.timestamp * 1000),
-                limits=limits,
-            )
-        except DecodeError as exc:
-            await to_dead_letter(msg, exc.reason, exc.message)
-            batch.add(event)
-            return
         topic = msg.topic
-        if decoded.type == "template.defined":
-            define_template(decoded, f"{short[topic]}:{msg.partition}:{msg.offset}")
-            batch.add(event)
-            return
-        tenant = decoded.tenant_id
-        if tenant is None and msg.key:
-            tenant = msg.key.decode("utf-8", "replace")
-        if tenant is None:
-            await to_dead_letter(msg, "missing_field", "data.tenant_id: required for routing")
-            batch.add(event)
-            return
-        home = qa.home(tenant)
-        if short[topic] != "rt" and msg.partition != home:
+        got = step.classify(
+            msg.value,
+            list(msg.headers or ()),
+            msg.key,
+            timestamp_ms=int(msg.timestamp * 1000),
+            limits=limits,
+        )
+        if got.kind == "template":
+            define_template(got.decoded, f"{short[topic]}:{msg.partition}:{msg.offset}")
+        elif got.kind == "dead_letter":
+            await to_dead_letter(msg, got.reason, got.message)
+        elif short[topic] != "rt" and msg.partition != qa.home(got.tenant):
             await qa.routed.send(
-                key=tenant.encode(),
+                key=got.tenant.encode(),  # type: ignore[union-attr]
                 value=msg.value,
-                partition=home,
+                partition=qa.home(got.tenant),
                 headers=[
                     *list(msg.headers or ()),
                     (ORIGIN_HEADER, f"{topic}|{msg.partition}|{msg.offset}".encode()),
                 ],
             )
-            batch.add(event)
+        else:
+            await apply_here(event, got)
             return
-        stream = f"{short[topic]}:{msg.partition}"
-        rejection: Rejection | None = None
+        batch.add(event)
+
+    async def apply_here(event: Any, got: step.Outcome) -> None:
+        msg = event.message
+        decoded: Any = got.decoded
+        stream = f"{short[msg.topic]}:{msg.partition}"
         async with order:
             try:
-                emits = enforcer.process(with_tenant(decoded, tenant), stream, msg.offset)
-            except Rejection as exc:
-                rejection = exc
+                done = step.apply(enforcer, got, stream, msg.offset)
             except Exception as exc:
                 await internal_error(msg, "apply", exc, decoded.id)
                 batch.add(event)
                 return
-            else:
+            if done.kind != "dead_letter":
                 sweep_identities(msg.partition)
-                if enforcer.last_duplicate:
+                if done.kind == "duplicate":
                     count_duplicate(decoded.type)
                 else:
-                    qa.ticker.note(
-                        msg.partition, tenant, enforcer.last_deadline, enforcer.last_watermark
-                    )
-                    if enforcer.totals_delta:
-                        qa.add_totals(msg.partition, enforcer.totals_delta)
-                    metrics.events_processed.labels(decoded.type, "accepted").inc()
-                    metrics.event_lag.observe(max(0.0, time.time() - decoded.time_us / 1e6))
-                batch.add(event, emits)
+                    applied(msg.partition, decoded)
+                batch.add(event, done.emits)
                 return
-        await to_dead_letter(msg, rejection.reason, rejection.message, decoded.id)
+        await to_dead_letter(msg, done.reason, done.message, decoded.id)
         batch.add(event)
+
+    def applied(partition: int, decoded: Any) -> None:
+        qa.ticker.note(
+            partition, decoded.tenant_id, enforcer.last_deadline, enforcer.last_watermark
+        )
+        if enforcer.totals_delta:
+            qa.add_totals(partition, enforcer.totals_delta)
+        metrics.events_processed.labels(decoded.type, "accepted").inc()
+        metrics.event_lag.observe(max(0.0, time.time() - decoded.time_us / 1e6))
 
     def count_duplicate(type_: str) -> None:
         metrics.duplicates.labels(type_).inc()
