@@ -180,7 +180,7 @@ def test_metrics_health_and_logs_match_what_happened(stack_factory: Callable[...
     lag_topics = {k[0] for k in by(samples, "quota_consumer_lag_messages", "topic")}
     assert stack.topic("resource-events") in lag_topics
     assert stack.topic("quota-commands") in lag_topics
-    assert total(samples, "quota_table_keys", table="tenants", role="active") >= len(USED)
+    assert total(samples, "quota_table_keys", table="state", role="active") >= len(USED)
 
     # logs: one JSON object per line, dead letters logged as warnings
     lines = [ln for ln in worker.log_path.read_text().splitlines() if ln.strip()]
