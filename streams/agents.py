@@ -12,6 +12,7 @@ co-partitioned with the inputs, so one worker owns each tenant's whole hierarchy
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -78,11 +79,15 @@ def register(qa: QuotaApp) -> None:
 
     streams_by_short = {v: k for k, v in short.items()}
 
-    def committed(stream: str) -> int:
+    @functools.lru_cache(maxsize=1024)
+    def stream_tp(stream: str) -> Any:
         from faust.types import TP
 
         name, partition = stream.split(":")
-        value = committed_offset(app, TP(streams_by_short[name], int(partition)))
+        return TP(streams_by_short[name], int(partition))
+
+    def committed(stream: str) -> int:
+        value = committed_offset(app, stream_tp(stream))
         return -1 if value is None else value
 
     store = qa.store

@@ -356,7 +356,8 @@ class Enforcer:
         """Keep what this message sent until its offset is committed (rule 2)."""
         if self.committed is not None and rec.outbox:
             committed = self.committed
-            rec.outbox = [e for e in rec.outbox if e[1] >= committed(e[0])]
+            if rec.outbox[0][1] < committed(rec.outbox[0][0]):  # the oldest is done with
+                rec.outbox = [e for e in rec.outbox if e[1] >= committed(e[0])]
         if emits:
             rec.outbox.append([stream, offset, [[e.topic, e.value.decode()] for e in emits]])
             del rec.outbox[:-OUTBOX_LIMIT]
