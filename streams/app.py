@@ -7,6 +7,7 @@ core (``streams.quota``), store, send. Everything a user can observe is declared
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -168,6 +169,10 @@ class QuotaApp:
             level = max(logging.INFO, logging.getLevelName(self.settings.log_level.upper()))
             for name in ("aiokafka", "faust", "mode", "kafka"):
                 logging.getLogger(name).setLevel(level)
+            # Faust's Monitor sensor keeps per-message statistics for Faust's own web pages,
+            # which the worker does not serve (its metrics are its own): about 45 us a message.
+            with contextlib.suppress(KeyError):
+                app.sensors.remove(app.monitor)
 
         input_topic = self.resource_events.get_topic_name()
 

@@ -91,24 +91,24 @@ class Batch:
             return
         started = time.monotonic()
         staged = self.store.take()
+        events, emits, after = self.events, self.emits, self.after
+        self.events, self.emits, self.after = [], [], []
         try:
             await self.write(staged)
+            self.store.committed(staged)
+            for emit in emits:
+                await self.send(emit)
         except asyncio.CancelledError:
             raise  # the worker is stopping: nothing is acknowledged
         except BaseException:
             log.critical(
-                "writing the state of %d messages failed; stopping so that they are "
-                "processed again after a restart",
-                len(self.events),
+                "writing the state or the outputs of %d messages failed; stopping so that "
+                "they are processed again after a restart",
+                len(events),
                 exc_info=True,
             )
             logging.shutdown()
             os._exit(WRITE_FAILED_EXIT)
-        self.store.committed(staged)
-        events, emits, after = self.events, self.emits, self.after
-        self.events, self.emits, self.after = [], [], []
-        for emit in emits:
-            await self.send(emit)
         for callback in after:
             callback()
         for event in events:

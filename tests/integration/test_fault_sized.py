@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import shutil
 import threading
 import time
 import zlib
@@ -75,7 +76,7 @@ BINARY_SHARE = 0.4
 CHUNK = 2500  # messages a produce batch
 INPUTS = ("resource-events", "internal-routed")
 STRUCTURED = b"application/cloudevents+json"
-RECOVERY_STARTED = ("Executing _on_partitions_assigned", "Restoring state from changelog topics")
+RESTORING = "Restoring state from changelog topics"
 RECOVERY_DONE = ("]: Recovery complete", "]: Worker ready")
 
 Placed = tuple[bytes, bytes, list[tuple[str, bytes]], int | None]
@@ -227,17 +228,24 @@ def committed(stack: Stack, target: int) -> bool:
 
 
 def restart_and_kill_in_recovery(stack: Stack, w: WorkerProcess) -> dict[str, Any]:
-    """Restart ``w`` and kill -9 it as soon as table recovery for its new assignment has begun.
+    """Restart ``w`` on an empty data dir (a new machine) and kill -9 it while it restores its
+    state from the changelog topics.
+
+    With its local state kept a worker's recovery reads only the changelog's tail and lasts tens
+    of milliseconds; from an empty data dir it reads every changelog record, long enough to be
+    killed in the middle. The worker is then started on an empty data dir again, so the final
+    figures come from the changelog alone: that checks the changelog, not only local RocksDB.
 
     The killed member is waited out first, so that the restarted one is assigned at once (its
     recovery then starts a few seconds after the restart, not after the old session expired)."""
     stack.wait_for(lambda: group_state(stack)[1] == 0, timeout=120, interval=0.5)
+    wipe_state(w)
     offset = log_size(w)
     t0 = time.monotonic()
     w.start(wait_ready=False)
     while True:
         text = log_since(w, offset)
-        if any(m in text for m in RECOVERY_STARTED):
+        if RESTORING in text:
             break
         assert w.proc is not None and w.proc.poll() is None, w.tail()
         assert time.monotonic() - t0 < 120, f"no recovery began within 120 s:\n{w.tail()}"
@@ -249,8 +257,13 @@ def restart_and_kill_in_recovery(stack: Stack, w: WorkerProcess) -> dict[str, An
     )
     return {
         "seconds_after_restart": round(time.monotonic() - t0, 1),
-        "restoring": "Restoring state from changelog topics" in after,
+        "restoring": RESTORING in after,
     }
+
+
+def wipe_state(w: WorkerProcess) -> None:
+    """Delete the worker's local RocksDB state (it restores from the changelogs)."""
+    shutil.rmtree(w.env["NOVAQUOTA_DATA_DIR"], ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -403,6 +416,7 @@ def test_three_kills_one_during_recovery(stack_factory: Callable[..., Stack]) ->
     in_recovery = restart_and_kill_in_recovery(stack, worker)
     done, end = progress(stack, INPUTS)
     kills.append({"committed": done, "end": end, "produced": load.done[0], **in_recovery})
+    wipe_state(worker)
     worker.start(wait_ready=True)
     # every kill left input still to process
     assert all(k["committed"] < k["end"] for k in kills), kills
