@@ -63,8 +63,8 @@ class QuotaApp:
             # Bounded read-ahead. Unbounded (Faust's default), every poll decoded all that the
             # fetcher held, up to 1 MiB compressed per partition, into Python objects at once:
             # ~130 MB more RSS with a backlog and more CPU per message (GC over the live objects).
-            # The agents' buffers keep Faust's 4,096: a full buffer is where Faust's drain loop
-            # can drop a message when flow is suspended (see docs/operations.md, known issues).
+            # The agents' buffers keep Faust's 4,096 (the patched drain loop waits for room in a
+            # full one without dropping anything: docs/operations.md, known issues).
             broker_max_poll_records=1000,
             consumer_max_fetch_size=256 * 1024,
             web_in_thread=False,
@@ -258,7 +258,13 @@ class QuotaApp:
             if not consumer.flow_active:
                 log.warning("consumer flow was stopped while ready; resuming it")
                 consumer.resume_flow()
+                # resuming flow control clears the agents' buffers: what they held is read
+                # again from the committed offsets (replays are recognised by their identity)
                 app.flow_control.resume()
+                for tp in owned:
+                    done = faust_compat.committed_offset(app, tp)
+                    if done is not None:
+                        await consumer.seek(tp, done)
             if due:
                 log.warning(
                     "resuming %d input partition(s) left inactive after a rebalance: %s",
