@@ -580,16 +580,14 @@ def settle_usage(
     return tenants, exp, diff(want, got), len(set(want) | set(got))
 
 
-def wait_usage_equal(
+def assert_usage_equal(
     stack: Stack,
-    expected: dict[Key, Decimal],
-    df: Any,
-    timeout: float = 240.0,
-    exp: Expectation | None = None,
-) -> dict[str, Any]:
-    """Poll until the workers serve what the reference says and the group is drained; then
-    assert equality for every (tenant, level, entity, resource)."""
-    tenants, exp, bad, compared = settle_usage(stack, expected, df, timeout, exp)
+    tenants: dict[str, Any],
+    exp: Expectation,
+    bad: list[tuple[Key, Any, Any]],
+    compared: int,
+) -> None:
+    """Fail with the first differing usage figures; then check the watermarks."""
     if bad:
         lines = [
             f"{k}: expected {e} got {g} (watermark log {exp.ref_wm.get(k[0])} worker "
@@ -608,6 +606,19 @@ def wait_usage_equal(
             f"\n  {len(exp.advanced)} tenants' event time advanced by ticks "
             f"(max {max(exp.advanced.values()) / US:.0f} s)"
         )
+
+
+def wait_usage_equal(
+    stack: Stack,
+    expected: dict[Key, Decimal],
+    df: Any,
+    timeout: float = 240.0,
+    exp: Expectation | None = None,
+) -> dict[str, Any]:
+    """Poll until the workers serve what the reference says and the group is drained; then
+    assert equality for every (tenant, level, entity, resource)."""
+    tenants, exp, bad, compared = settle_usage(stack, expected, df, timeout, exp)
+    assert_usage_equal(stack, tenants, exp, bad, compared)
     return tenants
 
 

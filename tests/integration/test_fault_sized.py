@@ -47,11 +47,10 @@ from aiokafka.partitioner import murmur2
 from tests.integration.conftest import Stack
 from tests.integration.test_fault_injection import (
     FAST_FAILOVER,
-    US,
     Sim,
     Workload,
     _binary,
-    _tails,
+    assert_usage_equal,
     check_violations,
     episodes_of,
     expected_open_of,
@@ -359,21 +358,7 @@ def check_against_reference(
     )
     assert forwarded >= 0.3 * inputs and 0.3 * inputs <= binary <= 0.5 * inputs
     assert len(routed) >= forwarded  # every CRC32-placed message went through the routed topic
-    if bad:
-        lines = [
-            f"{k}: expected {e} got {g} (watermark log {exp.ref_wm.get(k[0])} worker "
-            f"{tenants.get(k[0], {}).get('watermark_us')})"
-            for k, e, g in bad[:25]
-        ]
-        raise AssertionError(
-            f"{len(bad)} of {compared} usage entries differ:\n" + "\n".join(lines) + _tails(stack)
-        )
-    exp.check_watermarks(tenants)
-    if exp.advanced:
-        print(
-            f"\n  {len(exp.advanced)} tenants' event time advanced by ticks "
-            f"(max {max(exp.advanced.values()) / US:.0f} s)"
-        )
+    assert_usage_equal(stack, tenants, exp, bad, compared)
     stats = check_violations(
         stack,
         expected_episodes=want_episodes,
