@@ -83,8 +83,6 @@ class ChangelogWriter:
         self.app = app
         self.table = table
         self.max_batch_bytes = max_batch_bytes
-        self.records_written = 0
-        self.batches_written = 0
 
     async def write(self, staged: Staged) -> None:
         if not staged:
@@ -118,8 +116,6 @@ class ChangelogWriter:
             faust_compat.write_partition(
                 self.table, partition, (row for rows in tenants for row in rows), reached[partition]
             )
-        self.records_written += sum(n for _p, n, _f in sends)
-        self.batches_written += len(sends)
 
     def _record_batches(self, tenants: list[list[Row]]) -> Iterator[list[Row]]:
         """The rows of one partition cut into record batches, never across a tenant (a tenant

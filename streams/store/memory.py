@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from streams.store.records import tenant_of
 from streams.store.tenant_store import Staged, TenantStore
 
-__all__ = ["MemoryBase", "memory_store"]
+__all__ = ["MemoryBase", "MemoryStore"]
 
 
 class MemoryBase:
@@ -75,7 +75,3 @@ class MemoryStore(TenantStore):
         staged = self.take()
         self.base.apply(staged)
         self.committed(staged)
-
-
-def memory_store(cache_bytes: int = 64 * 2**20) -> MemoryStore:
-    return MemoryStore(cache_bytes=cache_bytes)

@@ -91,15 +91,9 @@ class TenantStore:
         """The tenant's record as staged or committed, and whether it exists. The object is
         the store's own: change it, then ``put_record`` it."""
         stage = self._staged.get(tenant)
-        if stage is not None:
-            if stage.record is not None:
-                self.last_load_hit = True
-                return stage.record, True
-            raw = stage.rows.get(record_key(tenant), ...)
-            if raw is not ...:
-                if raw is None:
-                    return TenantRecord.new(tenant), False
-                return self._parse(tenant, raw), True
+        if stage is not None and stage.record is not None:
+            self.last_load_hit = True
+            return stage.record, True
         return self.committed_record(tenant)
 
     def committed_record(self, tenant: str) -> tuple[TenantRecord, bool]:
@@ -168,9 +162,7 @@ class TenantStore:
         return stage
 
     def put_record(self, tenant: str, rec: TenantRecord) -> None:
-        stage = self._stage(tenant)
-        stage.record = rec
-        stage.rows.pop(record_key(tenant), None)
+        self._stage(tenant).record = rec
 
     def put(self, key: bytes, value: bytes | None, tenant: str | None = None) -> None:
         """Stage a row (None deletes it)."""

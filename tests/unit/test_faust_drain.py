@@ -221,6 +221,21 @@ async def settle() -> None:
     await asyncio.sleep(0.02)
 
 
+async def stop_flow_while_handing_over(w: Worker) -> None:
+    """Flow control suspended until the first fetch of 12 is in, then the consumer's flow
+    stopped while the hand-over of offset 0 waits, then both resumed; wait for the rest."""
+    w.agent_runs.set()
+    w.app.flow_control.suspend()
+    assert await until(lambda: w.log.position == 12)
+    await settle()
+    w.consumer.stop_flow()
+    await settle()
+    w.app.flow_control.resume()
+    w.consumer.resume_flow()  # the next fetch starts at 12, past offset 0
+    await until(lambda: len(w.seen) >= w.n, timeout=1.0)
+    await settle()
+
+
 def run(coro: Awaitable[Worker]) -> Worker:
     async def main() -> Worker:
         return await coro
@@ -250,16 +265,7 @@ async def stopped_while_waiting_for_flow_control(drain: Drain) -> Worker:
     """The hand-over of offset 0 waits for flow control when the consumer's flow is stopped
     (no agent buffer is full, so the conductor starts no ``put`` of its own)."""
     async with Worker(drain, n=12, batch=12) as w:
-        w.agent_runs.set()
-        w.app.flow_control.suspend()
-        assert await until(lambda: w.log.position == 12)
-        await settle()
-        w.consumer.stop_flow()
-        await settle()
-        w.app.flow_control.resume()
-        w.consumer.resume_flow()
-        await until(lambda: len(w.seen) >= w.n, timeout=1.0)
-        await settle()
+        await stop_flow_while_handing_over(w)
     return w
 
 
@@ -393,16 +399,7 @@ def test_a_record_passed_over_without_a_seek_stops_the_partition_and_seeks_back(
     async def scenario() -> Worker:
         async with Worker(PATCHED, n=20, batch=12) as w:
             w.thread.failing = 1  # the seek back after the hand-over does not reach the thread
-            w.agent_runs.set()
-            w.app.flow_control.suspend()
-            assert await until(lambda: w.log.position == 12)
-            await settle()
-            w.consumer.stop_flow()
-            await settle()
-            w.app.flow_control.resume()
-            w.consumer.resume_flow()  # the next fetch starts at 12, past offset 0
-            await until(lambda: len(w.seen) >= w.n, timeout=1.0)
-            await settle()
+            await stop_flow_while_handing_over(w)
         return w
 
     with caplog.at_level(logging.INFO, logger="streams.faust_compat"):
