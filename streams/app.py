@@ -354,23 +354,31 @@ class QuotaApp:
         between its scan and ``add_totals``), yielding to the event loop in between: with a
         hundred thousand tenants the whole scan takes seconds, and the HTTP API and the agents
         keep answering meanwhile."""
-        from streams.enforce import SYSTEM, TenantRecord
-        from streams.quota import next_deadline, tenant_totals
-
         for p in sorted(partitions):
             await asyncio.sleep(0)
             if self.app.rebalancing or p not in self.active_inputs:
                 return  # moved meanwhile: the next round indexes what is owned then
-            totals: dict[str, int] = {}
-            for tenant, raw in self.store.records(p):
-                rec = TenantRecord.from_bytes(raw, system=tenant == SYSTEM)
-                self.ticker.note(p, tenant, next_deadline(rec.state), rec.state.watermark_us)
-                self.desk.note(p, tenant, rec)
-                if tenant != SYSTEM:
-                    for r, a in tenant_totals(rec.tenant).items():
-                        totals[r] = totals.get(r, 0) + a
-            self.partition_totals[p] = totals
-            self.indexed.add(p)
+            # under the batch's lock, so no write is in flight, and with the staged records: a
+            # step not yet written has noted its deadline, which the committed record before
+            # it would overwrite (its burst would then never expire)
+            async with self.batch.lock:
+                if self.app.rebalancing or p not in self.active_inputs:
+                    return
+                self._index_partition(p)
+
+    def _index_partition(self, p: int) -> None:
+        from streams.enforce import SYSTEM
+        from streams.quota import next_deadline, tenant_totals
+
+        totals: dict[str, int] = {}
+        for tenant, rec in self.store.current_records(p):
+            self.ticker.note(p, tenant, next_deadline(rec.state), rec.state.watermark_us)
+            self.desk.note(p, tenant, rec)
+            if tenant != SYSTEM:
+                for r, a in tenant_totals(rec.tenant).items():
+                    totals[r] = totals.get(r, 0) + a
+        self.partition_totals[p] = totals
+        self.indexed.add(p)
 
 
 def tables_recovered(app: faust.App) -> bool:

@@ -150,6 +150,21 @@ class TenantStore:
         for key, raw in self.base.scan(partition, RECORD):
             yield key[1:].decode(), raw
 
+    def current_records(self, partition: int) -> Iterator[tuple[str, TenantRecord]]:
+        """Every tenant record of a partition as the next step would read it: staged changes
+        included, tenants created by the staged batch too. The committed ones are parsed
+        afresh (a scan must not fill the cache); a staged one is the store's own object."""
+        staged = {
+            t: s.record
+            for t, s in self._staged.items()
+            if s.partition == partition and s.record is not None
+        }
+        for key, raw in self.base.scan(partition, RECORD):
+            tenant = key[1:].decode()
+            rec = staged.pop(tenant, None)
+            yield tenant, rec or TenantRecord.from_bytes(raw, system=tenant == SYSTEM)
+        yield from sorted(staged.items())
+
     # -- changes --------------------------------------------------------------------------
 
     def _stage(self, tenant: str) -> _Stage:

@@ -201,3 +201,38 @@ def test_a_record_delivered_after_later_records_of_its_partition_still_counts() 
     w.commit()
     assert w.rows().keys() == _reference_rows().keys()
     assert w.cpu() == 8 and w.cpu("t2") == 1
+
+
+def test_a_partition_scan_sees_the_staged_batch() -> None:
+    """The worker indexes a newly owned partition (deadlines for ticks, totals) while a batch
+    may be staged: the scan must see the staged records, or a burst opened by the batch would
+    have its expiry deadline overwritten by the committed record before it, and never fire."""
+    from streams.quota import next_deadline
+
+    w = World(batched=True)
+    burst = _msg(
+        "quota.set",
+        "q1",
+        0,
+        level="tenant",
+        entity_id="t1",
+        resource_type="cpu",
+        limit=4,
+        burst_limit=8,
+        burst_seconds=120,
+    )
+    w.send(burst, 0)
+    w.commit()
+    w.send(_vm("c1", 1, "vm-1", 6), 1)  # above the limit, within the burst: a deadline
+    w.send(_vm("c2", 1, "vm-2", 1, tenant="t2"), 2)  # a tenant the batch creates
+
+    committed = {t: TenantRecord.from_bytes(raw) for t, raw in w.store.records(0)}
+    assert set(committed) == {"t1"}
+    assert next_deadline(committed["t1"].state) is None
+
+    current = dict(w.store.current_records(0))
+    assert set(current) == {"t1", "t2"}
+    assert next_deadline(current["t1"].state) is not None
+    assert current["t1"].tenant.usage["Tt1"]["cpu"] == 6_000_000
+    w.commit()
+    assert dict(w.store.current_records(0)).keys() == {"t1", "t2"}
