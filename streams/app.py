@@ -17,6 +17,7 @@ import faust
 import orjson
 
 from streams import faust_compat
+from streams.auth import Access, anonymous
 from streams.metrics import Metrics
 from streams.settings import Settings
 from streams.store.rocksdb import rocksdb_options
@@ -136,6 +137,8 @@ class QuotaApp:
         """Input partitions this worker owns as active (kept current on every rebalance)."""
         self.enforcer: Any = None
         self.checks: Any = None  # streams.checks.CheckService, made by web.register
+        # who may call the HTTP API (streams.auth); every caller is an admin until configured
+        self.access = Access(anonymous)
         from streams.admission import AdmissionDesk
 
         self.desk = AdmissionDesk(self)

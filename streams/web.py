@@ -21,6 +21,7 @@ from schemas.common import format_time_us
 from streams import observe
 from streams import quota as q
 from streams.app import tables_recovered
+from streams.errors import ApiError
 
 if TYPE_CHECKING:
     from streams.app import QuotaApp
@@ -35,14 +36,6 @@ Authenticator = Callable[[web.Request, str], None]
 
 def allow_all(request: web.Request, tenant_id: str) -> None:
     return None
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
 
 
 def _num(micros: int | None) -> float | int | None:
