@@ -5,11 +5,15 @@ Two halves with the same methods: ``QuotaClient`` (blocking) and ``AsyncQuotaCli
 
     from novaquota.client import QuotaClient
 
-    with QuotaClient("http://localhost:6066", token="...") as quotas:
+    with QuotaClient("http://localhost:6066", token="nq_...") as quotas:
         answer = quotas.check("acme", {"cpu": 8, "memory": 16384}, project_id="web")
         if answer.allowed:
             grant = quotas.reserve("acme", {"cpu": 8}, resource_id="vm-42", ttl_seconds=120)
             ...  # create the VM; its vm.created event converts the grant into usage
+
+The token (``novaquota tokens create``, or a JWT) is sent as ``Authorization: Bearer``; without
+``token=`` the client uses the environment variable ``NOVAQUOTA_TOKEN``. The audit topic records
+the token's principal as the actor of grants and releases.
 
 Behaviour under failure (``ClientConfig``):
 
@@ -27,6 +31,7 @@ Behaviour under failure (``ClientConfig``):
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import threading
 import time
@@ -88,8 +93,6 @@ class ClientConfig:
     breaker_reset_seconds: float = 30.0
     fail_open: bool = False
     """While the circuit is open, or when retries are used up: allow (True) or deny checks."""
-    actor: str | None = None
-    """Sent as ``X-Novaquota-Actor``: who asks (recorded on the audit topic for grants)."""
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -144,10 +147,9 @@ class _Core:
         self.config = config
         self.breaker = _Breaker(config.breaker_threshold, config.breaker_reset_seconds)
         headers = {"accept": "application/json", **config.headers}
+        token = token or os.environ.get("NOVAQUOTA_TOKEN")
         if token:
             headers["authorization"] = f"Bearer {token}"
-        if config.actor:
-            headers["x-novaquota-actor"] = config.actor
         self.headers = headers
 
     def delay(self, attempt: int, retry_after: str | None) -> float:

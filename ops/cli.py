@@ -76,6 +76,30 @@ def _cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_tokens(args: argparse.Namespace, settings: Settings) -> int:
+    from streams import tokens
+
+    path = settings.tokens_file
+    if args.action == "create":
+        try:
+            secret = tokens.create_token(path, args.name, args.role, args.tenant)
+        except tokens.TokenError as exc:
+            print(f"novaquota: {exc}", file=sys.stderr)
+            return 1
+        print(secret)
+        print(
+            f"token {args.name!r} ({args.role}) added to {path}; this is the only time its "
+            "secret is shown. Send it as `Authorization: Bearer <token>`.",
+            file=sys.stderr,
+        )
+    elif args.action == "list":
+        _print_json(tokens.list_tokens(path))
+    elif not tokens.revoke_token(path, args.name):
+        print(f"novaquota: no token named {args.name!r} in {path}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from streams.runner import run_worker
 
@@ -146,6 +170,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["export"])
     p.add_argument("dir")
     p.set_defaults(func=_cmd_schemas)
+
+    p = sub.add_parser("tokens", help="static API tokens (NOVAQUOTA_TOKENS_FILE)")
+    tsub = p.add_subparsers(dest="action", required=True)
+    t = tsub.add_parser("create", help="add a token and print it (only this once)")
+    t.add_argument("--name", required=True)
+    t.add_argument("--role", required=True, choices=["admin", "tenant-admin", "viewer", "service"])
+    t.add_argument("--tenant", help="the tenant it acts for (every role but admin)")
+    tsub.add_parser("list", help="names, roles, tenants and ids (never secrets)")
+    t = tsub.add_parser("revoke", help="remove a token; workers stop accepting it within 1 s")
+    t.add_argument("name")
+    p.set_defaults(func=_cmd_tokens)
 
     p = sub.add_parser("worker", help="run the enforcement stream processor (a Faust worker)")
     p.add_argument(

@@ -4,6 +4,9 @@ projection worker and a live simulated workload (every tier, daily seasonality c
 
 Ctrl-C (or ``--duration``) stops it all: the workload, the projection worker, the enforcement
 worker and, if the demo started it, the broker. Nothing is left running.
+
+The API needs a token: the demo makes an admin token named ``demo`` in the token file (replacing
+the previous run's) and prints how to call the API with it.
 """
 
 from __future__ import annotations
@@ -106,11 +109,13 @@ class _Checks:
         self.last_denial = ""
         self.latency_ms = 0.0
 
-    async def run(self, url: str, wl: Workload, tenants: int, rng: random.Random) -> None:
+    async def run(
+        self, url: str, token: str, wl: Workload, tenants: int, rng: random.Random
+    ) -> None:
         from novaquota.client import AsyncQuotaClient, ClientConfig, QuotaClientError
 
-        config = ClientConfig(timeout_seconds=5, retries=2, actor="novaquota-demo")
-        async with AsyncQuotaClient(url, config=config) as client:
+        config = ClientConfig(timeout_seconds=5, retries=2)
+        async with AsyncQuotaClient(url, token=token, config=config) as client:
             while True:
                 batch = [
                     {
@@ -152,7 +157,9 @@ def _paced(wl: Workload, wall0: float, ev0_us: int) -> Iterator[tuple[float, dic
         yield wall0 + (wl.time_us - ev0_us) / US, ev
 
 
-async def _drive(settings: Settings, url: str, opts: DemoOptions, urls: list[str]) -> None:
+async def _drive(
+    settings: Settings, url: str, token: str, opts: DemoOptions, urls: list[str]
+) -> None:
     now = datetime.now(UTC).replace(microsecond=0)
     wl = Workload(
         WorkloadSpec(
@@ -194,7 +201,7 @@ async def _drive(settings: Settings, url: str, opts: DemoOptions, urls: list[str
 
     watcher = asyncio.create_task(watch())
     checks = _Checks()
-    asker = asyncio.create_task(checks.run(url, wl, opts.tenants, random.Random(opts.seed)))
+    asker = asyncio.create_task(checks.run(url, token, wl, opts.tenants, random.Random(opts.seed)))
     try:
         for ev in wl.setup_commands():
             await prod.send(
@@ -293,6 +300,14 @@ def _start_projections(
     return proc, f"projections: {url}  (log: {log})"
 
 
+def demo_token(settings: Settings) -> str:
+    """A fresh admin token named ``demo`` (the previous run's secret is not kept anywhere)."""
+    from streams.tokens import create_token, revoke_token
+
+    revoke_token(settings.tokens_file, "demo")
+    return create_token(settings.tokens_file, "demo", "admin")
+
+
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -321,9 +336,12 @@ def run_demo(settings: Settings, opts: DemoOptions) -> int:
                 return 1
             time.sleep(0.5)
         projections, note = _start_projections(env, opts)
+        token = demo_token(settings)
         example = "tenant-000000"
         urls = [
-            f"API:         {url}/api/v1/quotas/utilization?entity_id={example}",
+            f"token:       export NOVAQUOTA_TOKEN={token}   (admin, in {settings.tokens_file})",
+            f'API:         curl -H "Authorization: Bearer $NOVAQUOTA_TOKEN" '
+            f"'{url}/api/v1/quotas/utilization?entity_id={example}'",
             f"             {url}/api/v1/quotas?tenant_id={example}   {url}/api/v1/openapi.json",
             f"metrics:     {url}/metrics",
             note,
@@ -332,7 +350,7 @@ def run_demo(settings: Settings, opts: DemoOptions) -> int:
         where = f"API {url}/api/v1/...   metrics {url}/metrics   " + (
             f"projections http://127.0.0.1:{opts.projections_port}" if projections else ""
         )
-        asyncio.run(_drive(settings, url, opts, [where.rstrip()]))
+        asyncio.run(_drive(settings, url, token, opts, [where.rstrip()]))
     except KeyboardInterrupt:
         print("\nstopping ...", flush=True)
     except Exception as exc:

@@ -80,6 +80,7 @@ async def serve(
     from projections.http import build_app
     from projections.store import RocksStore
     from projections.worker import ProjectionWorker
+    from streams.auth import build_access
 
     catalogue = load_catalogue(psettings.pricing_file)  # a bad file fails before anything else
     store = RocksStore(psettings.data_dir / "views")
@@ -92,7 +93,7 @@ async def serve(
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     await worker.start()
-    runner = web.AppRunner(build_app(worker), access_log=None)
+    runner = web.AppRunner(build_app(worker, build_access(settings)), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, psettings.web_host, psettings.web_port)
     await site.start()
@@ -118,11 +119,15 @@ def _summary(worker: Any) -> dict[str, Any]:
 
 
 def _status(url: str | None) -> int:
+    import os
+
     import httpx
 
     base = (url or f"http://127.0.0.1:{ProjectionSettings().web_port}").rstrip("/")
+    token = os.environ.get("NOVAQUOTA_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        resp = httpx.get(f"{base}/api/v1/projections/status", timeout=5.0)
+        resp = httpx.get(f"{base}/api/v1/projections/status", headers=headers, timeout=5.0)
     except httpx.HTTPError as exc:
         print(f"novaquota projections: no worker answers at {base}: {exc}", file=sys.stderr)
         return 1

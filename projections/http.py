@@ -1,4 +1,7 @@
-"""HTTP API of the projection worker (contract section 6, default port 6067)."""
+"""HTTP API of the projection worker (contract section 6, default port 6067).
+
+Authentication and authorization are the enforcement workers' (``streams.auth``): the same
+middleware answers 401 without credentials, and a view about another tenant answers 404."""
 
 from __future__ import annotations
 
@@ -12,15 +15,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from projections import views
 from projections.exceptions import QueryError
 from projections.worker import ProjectionWorker
+from streams.auth import Access, error_response, middleware
+from streams.errors import ApiError
 
-__all__ = ["Authenticator", "allow_all", "build_app"]
-
-#: Called with the request and the tenant a view is about; raises ``QueryError`` (404) to deny.
-Authenticator = Callable[[web.Request, str], None]
-
-
-def allow_all(request: web.Request, tenant_id: str) -> None:
-    """No authentication (local development); deployments pass their own."""
+__all__ = ["build_app"]
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -38,7 +36,7 @@ def _error(exc: QueryError) -> web.Response:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def build_app(worker: ProjectionWorker, authenticate: Authenticator = allow_all) -> web.Application:
+def build_app(worker: ProjectionWorker, access: Access) -> web.Application:
     def positions() -> dict[str, int]:
         return {f"{t}:{p}": off for (t, p), off in sorted(worker.positions.items())}
 
@@ -48,7 +46,7 @@ def build_app(worker: ProjectionWorker, authenticate: Authenticator = allow_all)
         key = views.entity_key(
             entity_id, request.query.get("level"), request.query.get("tenant_id")
         )
-        authenticate(request, key[0])
+        access(request, key[0], "read")
         return key
 
     def guarded(fn: Callable[[web.Request], dict[str, Any]]) -> Handler:
@@ -57,6 +55,8 @@ def build_app(worker: ProjectionWorker, authenticate: Authenticator = allow_all)
                 return _json(fn(request))
             except QueryError as exc:
                 return _error(exc)
+            except ApiError as exc:
+                return error_response(exc)
 
         return handler
 
@@ -127,7 +127,8 @@ def build_app(worker: ProjectionWorker, authenticate: Authenticator = allow_all)
         body = generate_latest(worker.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    app = web.Application()
+    max_body = worker.settings.max_body_bytes
+    app = web.Application(middlewares=[middleware(access, max_body)], client_max_size=max_body)
     app.router.add_get("/api/v1/quotas/usage/{entity_id}/history", guarded(history))
     app.router.add_get("/api/v1/quotas/analytics/{entity_id}", guarded(analytics))
     app.router.add_get("/api/v1/quotas/overview", guarded(overview))

@@ -17,7 +17,7 @@ import faust
 import orjson
 
 from streams import faust_compat
-from streams.auth import Access, anonymous
+from streams.auth import build_access
 from streams.metrics import Metrics
 from streams.settings import Settings
 from streams.store.rocksdb import rocksdb_options
@@ -45,7 +45,11 @@ class QuotaApp:
             web_enabled=True,
             web_host=settings.web_host,
             web_port=settings.web_port,
-            canonical_url=f"http://{settings.web_host}:{settings.web_port}",
+            canonical_url=settings.canonical_url,
+            # Faust's own /router and /table views would serve tenant state to anyone.
+            web_router_enabled=False,
+            web_tables_enabled=False,
+            web_application_options={"client_max_size": settings.max_body_bytes},
             topic_partitions=settings.partitions,
             topic_replication_factor=settings.replication_factor,
             topic_allow_declare=True,
@@ -137,8 +141,8 @@ class QuotaApp:
         """Input partitions this worker owns as active (kept current on every rebalance)."""
         self.enforcer: Any = None
         self.checks: Any = None  # streams.checks.CheckService, made by web.register
-        # who may call the HTTP API (streams.auth); every caller is an admin until configured
-        self.access = Access(anonymous)
+        # who may call the HTTP API (streams.auth): tokens, JWTs, anonymous only if allowed
+        self.access = build_access(settings)
         from streams.admission import AdmissionDesk
 
         self.desk = AdmissionDesk(self)

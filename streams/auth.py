@@ -6,27 +6,60 @@ tenant. Another tenant's data answers 404, never 403, so a token cannot learn wh
 exist; a role that may not do something to its own tenant answers 403.
 
 ``Access`` is what the HTTP layers call: ``access(request, tenant_id, action)`` authenticates,
-authorizes and returns the principal.
+authorizes and returns the principal. Both servers (enforcement on 6066, projections on 6067)
+also install ``middleware``: it answers 401 to every request without valid credentials but
+those to ``OPEN_PATHS``, so a route added later is closed unless someone opens it.
+
+Credentials are a bearer token: a static token (``nq_...``, ``streams.tokens``) or a JWT
+checked against a JWKS (``JwtVerifier``). The workers of one deployment read each other's
+``/internal/`` endpoints with a shared secret (``X-Novaquota-Internal``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hmac
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+import jwt
+import orjson
+from aiohttp import web
 
 from streams.errors import ApiError
+
+if TYPE_CHECKING:
+    from streams.settings import Settings
+    from streams.tokens import TokenStore
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ACTIONS",
     "ANONYMOUS_ADMIN",
+    "INTERNAL_HEADER",
+    "OPEN_PATHS",
     "ROLES",
     "Access",
     "Action",
+    "BearerAuth",
+    "JwtVerifier",
     "Principal",
     "Role",
+    "anonymous",
     "authorize",
+    "build_access",
+    "may_set_quota",
+    "middleware",
 ]
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+"""Answer without credentials: probes and the Prometheus scraper carry none."""
+INTERNAL_PREFIX = "/internal/"
+INTERNAL_HEADER = "X-Novaquota-Internal"
+PRINCIPAL_KEY = "novaquota.principal"
 
 Role = Literal["admin", "tenant-admin", "viewer", "service"]
 ROLES: tuple[Role, ...] = ("admin", "tenant-admin", "viewer", "service")
@@ -58,6 +91,8 @@ class Principal:
 
 
 ANONYMOUS_ADMIN = Principal("anonymous", "admin")
+PEER = Principal("peer", "admin")
+"""Another worker of the deployment, proven by the internal secret (internal endpoints only)."""
 
 
 def authorize(principal: Principal, action: Action, tenant_id: str | None) -> None:
@@ -72,22 +107,244 @@ def authorize(principal: Principal, action: Action, tenant_id: str | None) -> No
         raise ApiError(403, "forbidden", f"the role {principal.role} may not {action}")
 
 
+def may_set_quota(
+    principal: Principal, level: str, tenant_id: str | None, *, raises: bool = True
+) -> None:
+    """Raise ``ApiError`` unless ``principal`` may set a quota at ``level`` of ``tenant_id``.
+
+    A tenant-admin manages its projects' and users' quotas but not its own tenant-level quota
+    when the change could give it more (a higher limit, or deleting the limit): that is what the
+    operator sold it. System quotas are an admin's."""
+    if level == "system":
+        authorize(principal, "admin", None)
+        return
+    authorize(principal, "write", tenant_id)
+    if level == "tenant" and raises and principal.role != "admin":
+        raise ApiError(403, "forbidden", "only an admin may raise or remove a tenant-level quota")
+
+
+def unauthorized(message: str = "a bearer token is required") -> ApiError:
+    return ApiError(401, "unauthorized", message)
+
+
 Authenticate = Callable[[Any], Principal]
 """Request → principal; raises ``ApiError(401)`` without valid credentials."""
 
 
 class Access:
-    """``access(request, tenant_id, action)``: authenticate, authorize, return the principal."""
+    """``access(request, tenant_id, action)``: authenticate, authorize, return the principal.
 
-    def __init__(self, authenticate: Authenticate) -> None:
+    The principal is kept on the request, so the middleware's authentication is not redone by
+    the handler (a JWT's signature is checked once per request)."""
+
+    def __init__(self, authenticate: Authenticate, internal_secret: str | None = None) -> None:
         self.authenticate = authenticate
+        self._internal = internal_secret.encode() if internal_secret else None
+
+    def principal(self, request: Any) -> Principal:
+        if isinstance(request, MutableMapping):
+            cached = request.get(PRINCIPAL_KEY)
+            if cached is not None:
+                return cast(Principal, cached)
+            principal = self.authenticate(request)
+            request[PRINCIPAL_KEY] = principal
+            return principal
+        return self.authenticate(request)
 
     def __call__(self, request: Any, tenant_id: str | None, action: Action) -> Principal:
-        principal = self.authenticate(request)
+        principal = self.principal(request)
         authorize(principal, action, tenant_id)
         return principal
+
+    def internal(self, request: Any) -> Principal:
+        """For ``/internal/`` endpoints: a peer with the shared secret, or an admin."""
+        given = request.headers.get(INTERNAL_HEADER)
+        if given is not None and self._internal is not None:
+            if hmac.compare_digest(given.encode(), self._internal):
+                return PEER
+            raise unauthorized("wrong internal secret")
+        return self(request, None, "admin")
+
+    def peer_headers(self) -> dict[str, str]:
+        """Headers with which this worker reads a peer's internal endpoints."""
+        return {INTERNAL_HEADER: self._internal.decode()} if self._internal else {}
 
 
 def anonymous(request: Any) -> Principal:
     """No authentication: every caller is an admin (local development only)."""
     return ANONYMOUS_ADMIN
+
+
+def bearer_token(request: Any) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, else None."""
+    scheme, _, value = (request.headers.get("Authorization") or "").partition(" ")
+    value = value.strip()
+    return value if scheme.lower() == "bearer" and value else None
+
+
+class JwtVerifier:
+    """OIDC/JWT bearer tokens: signature against a JWKS (URL or file), expiry, issuer and
+    audience; the role and tenant come from claims whose names are settings."""
+
+    def __init__(
+        self,
+        jwks: str,
+        *,
+        issuer: str | None = None,
+        audience: str | None = None,
+        algorithms: list[str] | None = None,
+        subject_claim: str = "sub",
+        role_claim: str = "novaquota_role",
+        tenant_claim: str = "novaquota_tenant",
+    ) -> None:
+        self.issuer = issuer
+        self.audience = audience
+        self.algorithms = algorithms or ["RS256"]
+        self.subject_claim = subject_claim
+        self.role_claim = role_claim
+        self.tenant_claim = tenant_claim
+        self._client: jwt.PyJWKClient | None = None
+        self._file: Path | None = None
+        self._keys: jwt.PyJWKSet | None = None
+        self._stamp: tuple[int, int] | None = None
+        if jwks.startswith(("https://", "http://")):
+            self._client = jwt.PyJWKClient(jwks, cache_jwk_set=True, lifespan=300)
+        else:
+            self._file = Path(jwks)
+
+    def _key(self, token: str) -> Any:
+        if self._client is not None:
+            return self._client.get_signing_key_from_jwt(token).key
+        assert self._file is not None
+        st = self._file.stat()
+        if self._keys is None or self._stamp != (st.st_mtime_ns, st.st_size):
+            self._keys = jwt.PyJWKSet.from_json(self._file.read_text())
+            self._stamp = (st.st_mtime_ns, st.st_size)
+        kid = jwt.get_unverified_header(token).get("kid")
+        if kid is None and len(self._keys.keys) == 1:
+            return self._keys.keys[0].key
+        return self._keys[str(kid)].key
+
+    def verify(self, token: str) -> Principal:
+        require = ["exp", self.subject_claim]
+        require += ["iss"] if self.issuer else []
+        require += ["aud"] if self.audience else []
+        try:
+            claims = jwt.decode(
+                token,
+                self._key(token),
+                algorithms=self.algorithms,
+                audience=self.audience,
+                issuer=self.issuer,
+                options={"require": require},
+            )
+        except (jwt.PyJWTError, KeyError, OSError) as exc:
+            raise unauthorized(f"invalid token: {type(exc).__name__}") from None
+        return self.principal(claims)
+
+    def principal(self, claims: dict[str, Any]) -> Principal:
+        role = claims.get(self.role_claim)
+        tenant = claims.get(self.tenant_claim)
+        if role not in ROLES:
+            raise unauthorized(f"the token's {self.role_claim!r} claim is not a role")
+        if tenant is not None and not isinstance(tenant, str):
+            raise unauthorized(f"the token's {self.tenant_claim!r} claim is not a string")
+        if role != "admin" and not tenant:
+            raise unauthorized(f"the token has no {self.tenant_claim!r} claim")
+        return Principal(f"jwt:{claims[self.subject_claim]}", cast(Role, role), tenant or None)
+
+
+class BearerAuth:
+    """The ``Authenticate`` of the workers: static tokens, JWTs, or anonymous when allowed."""
+
+    def __init__(
+        self,
+        tokens: TokenStore | None = None,
+        jwt_verifier: JwtVerifier | None = None,
+        anonymous_role: Role | None = None,
+    ) -> None:
+        self.tokens = tokens
+        self.jwt = jwt_verifier
+        self.anonymous = Principal("anonymous", anonymous_role) if anonymous_role else None
+
+    def __call__(self, request: Any) -> Principal:
+        token = bearer_token(request)
+        if token is None:
+            if self.anonymous is not None:
+                return self.anonymous
+            raise unauthorized()
+        if token.startswith("nq_"):
+            principal = self.tokens.verify(token) if self.tokens is not None else None
+            if principal is None:
+                raise unauthorized("invalid or revoked token")
+            return principal
+        if self.jwt is None:
+            raise unauthorized("invalid token")
+        return self.jwt.verify(token)
+
+
+def build_access(settings: Settings) -> Access:
+    """The ``Access`` the settings describe (the same for both servers); warns when anonymous
+    callers are let in."""
+    from streams.tokens import TokenStore
+
+    verifier = None
+    if settings.jwt_jwks:
+        verifier = JwtVerifier(
+            settings.jwt_jwks,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            algorithms=[a.strip() for a in settings.jwt_algorithms.split(",") if a.strip()],
+            subject_claim=settings.jwt_subject_claim,
+            role_claim=settings.jwt_role_claim,
+            tenant_claim=settings.jwt_tenant_claim,
+        )
+    role = cast(Role | None, settings.auth_anonymous)
+    if role is not None:
+        log.warning(
+            "NOVAQUOTA_AUTH_ANONYMOUS is set: requests without credentials act as %s "
+            "(for local development only)",
+            role,
+        )
+    secret = settings.internal_secret.get_secret_value() if settings.internal_secret else None
+    auth = BearerAuth(TokenStore(settings.tokens_file), verifier, role)
+    return Access(auth, internal_secret=secret)
+
+
+# -- HTTP ------------------------------------------------------------------------------------
+
+
+def error_response(exc: ApiError) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(exc.body()),
+        status=exc.status,
+        content_type="application/json",
+        headers=exc.headers(),
+    )
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def middleware(access: Access, max_body_bytes: int | None = None) -> Any:
+    """aiohttp middleware of both servers: authenticate every request but those to
+    ``OPEN_PATHS`` (401 without valid credentials), and refuse a declared body above
+    ``max_body_bytes`` (413) before anything reads it."""
+
+    @web.middleware
+    async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in OPEN_PATHS:
+            return await handler(request)
+        try:
+            if request.path.startswith(INTERNAL_PREFIX):
+                access.internal(request)
+            else:
+                access.principal(request)
+            size = request.content_length
+            if max_body_bytes is not None and size is not None and size > max_body_bytes:
+                raise ApiError(413, "body_too_large", f"at most {max_body_bytes} bytes")
+        except ApiError as exc:
+            return error_response(exc)
+        return await handler(request)
+
+    return authenticate

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
+from aiohttp.web import HTTPRequestEntityTooLarge
 from faust import web
 from faust.exceptions import SameNode
 from pydantic import ValidationError
@@ -49,7 +50,6 @@ if TYPE_CHECKING:
 __all__ = ["register"]
 
 FORWARDED = "x-novaquota-forwarded"
-ACTOR = "x-novaquota-actor"
 SYSTEM_REFRESH_SECONDS = 1.0
 FORWARD_TIMEOUT = aiohttp.ClientTimeout(total=30)
 
@@ -181,6 +181,7 @@ class CheckService:
         try:
             async with qa.app.http_client.get(
                 f"{owner}/internal/system",
+                headers=qa.access.peer_headers(),
                 timeout=aiohttp.ClientTimeout(total=SYSTEM_REFRESH_SECONDS * 2),
             ) as resp:
                 if resp.status != 200:
@@ -275,7 +276,8 @@ class CheckService:
     async def forward(
         self, url: str, path: str, payload: Any, headers: Mapping[str, str], method: str = "POST"
     ) -> tuple[int, bytes]:
-        fwd = {k: v for k, v in headers.items() if k.lower() in ("authorization", ACTOR)}
+        # The caller's own credentials: the owner authenticates and authorizes again.
+        fwd = {k: v for k, v in headers.items() if k.lower() == "authorization"}
         fwd[FORWARDED] = "1"
         fwd["content-type"] = "application/json"
         try:
@@ -292,11 +294,7 @@ class CheckService:
             raise ApiError(503, "unavailable", msg) from None
 
 
-def register(
-    qa: QuotaApp,
-    authenticate: Callable[[web.Request, str], None],
-    json_response: Callable[..., web.Response],
-) -> CheckService:
+def register(qa: QuotaApp, json_response: Callable[..., web.Response]) -> CheckService:
     app = qa.app
     svc = CheckService(qa)
     qa.checks = svc
@@ -306,22 +304,26 @@ def register(
     async def refresh_system_snapshot() -> None:
         await svc.refresh_system()
 
-    def actor_of(request: web.Request) -> str:
-        return request.headers.get(ACTOR) or "api"
+    access = qa.access
 
     def fail(exc: ApiError) -> web.Response:
-        headers = {"Retry-After": "1"} if exc.status == 503 else None
-        return json_response(_error_body(exc), status=exc.status, headers=headers)
+        return json_response(_error_body(exc), status=exc.status, headers=exc.headers())
 
     async def read_json(view: web.View, request: web.Request) -> Any:
-        raw = await view.web.read_request_content(request)
+        """The body as JSON; at most ``max_body_bytes`` (aiohttp's ``client_max_size``), also
+        when sent chunked without a length; nesting deeper than orjson's limit is a 400."""
+        try:
+            raw = await request.read()
+        except HTTPRequestEntityTooLarge:
+            limit = qa.settings.max_body_bytes
+            raise ApiError(413, "body_too_large", f"at most {limit} bytes") from None
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise ApiError(400, "invalid_json", f"the body is not JSON: {exc}") from None
 
     async def one(request: web.Request, req: CheckRequest, forwarded: bool) -> tuple[int, Any]:
-        authenticate(request, req.tenant_id)
+        principal = access(request, req.tenant_id, "check")
         owner = svc.owner_url(req.tenant_id)
         if owner is not None:
             if forwarded:
@@ -330,7 +332,7 @@ def register(
                 owner, "/api/v1/quotas/check", req.model_dump(mode="json"), request.headers
             )
             return status, orjson.loads(body)
-        return 200, await svc.check_local(req, actor_of(request))
+        return 200, await svc.check_local(req, principal.subject)
 
     def parse_check(payload: Any) -> CheckRequest:
         try:
@@ -397,8 +399,9 @@ def register(
         results: list[Any] = [None] * len(checks)
         remote: dict[str, list[int]] = {}
         local: list[int] = []
+        actor = access.principal(request).subject
         for i, req in enumerate(checks):
-            authenticate(request, req.tenant_id)
+            access(request, req.tenant_id, "check")
             owner = svc.owner_url(req.tenant_id)
             if owner is None:
                 local.append(i)
@@ -421,7 +424,7 @@ def register(
 
         async def run_local(i: int) -> None:
             try:
-                results[i] = await svc.check_local(checks[i], actor_of(request))
+                results[i] = await svc.check_local(checks[i], actor)
             except ApiError as exc:
                 if exc.status == 503:
                     raise
@@ -443,7 +446,7 @@ def register(
             try:
                 if not tenant:
                     raise ApiError(400, "missing_tenant_id", "tenant_id is required")
-                authenticate(request, tenant)
+                access(request, tenant, "read")
                 try:
                     return await app.router.route_req(qa.state.name, tenant, self.web, request)
                 except SameNode:
@@ -480,7 +483,7 @@ def register(
                 tenant = str(payload.get("tenant_id") or "")
                 if not tenant:
                     raise ApiError(400, "missing_tenant_id", "tenant_id is required")
-                authenticate(request, tenant)
+                principal = access(request, tenant, "check")
                 data = {
                     "reservation_id": payload.get("reservation_id") or str(uuid.uuid4()),
                     "level": payload.get("level", "tenant"),
@@ -491,7 +494,7 @@ def register(
                     "start": payload.get("start"),
                     "end": payload.get("end"),
                     "purpose": payload.get("purpose", ""),
-                    "actor": actor_of(request),
+                    "actor": principal.subject,
                 }
                 command_id = await publish_command("reservation.created", tenant, data)
             except ApiError as exc:
@@ -507,7 +510,7 @@ def register(
             try:
                 if not tenant:
                     raise ApiError(400, "missing_tenant_id", "tenant_id is required")
-                authenticate(request, tenant)
+                principal = access(request, tenant, "check")
                 owner = svc.owner_url(tenant)
                 if owner is not None:
                     if request.headers.get(FORWARDED):
@@ -523,7 +526,7 @@ def register(
                 svc.ensure_serving(tenant)
                 st, _ = svc.tenant_state(tenant)
                 if reservation_id in st.grants:
-                    released = await svc.release(tenant, reservation_id, actor_of(request))
+                    released = await svc.release(tenant, reservation_id, principal.subject)
                     if released is not None:
                         return json_response({"released": released})
                 elif reservation_id in st.reservations:
@@ -533,7 +536,7 @@ def register(
                         {
                             "reservation_id": reservation_id,
                             "tenant_id": tenant,
-                            "actor": actor_of(request),
+                            "actor": principal.subject,
                         },
                     )
                     return json_response(
@@ -557,7 +560,8 @@ def register(
 
     class SystemSnapshotView(web.View):
         async def get(self, request: web.Request) -> web.Response:
-            """The system state, for the other workers' checks (internal)."""
+            """The system state, for the other workers' checks (internal: a peer with the
+            internal secret or an admin, checked by the middleware)."""
             rec, exists = qa.store.committed_record(SYSTEM)
             state = orjson.loads(rec.state.to_bytes()) if exists else None
             return json_response({"state": state, "at": time.time()})

@@ -16,3 +16,11 @@ class ApiError(Exception):
 
     def body(self) -> dict[str, dict[str, str]]:
         return {"error": {"code": self.code, "message": self.message}}
+
+    def headers(self) -> dict[str, str] | None:
+        """What the status asks of the client: a bearer token (401), a retry (503)."""
+        if self.status == 401:
+            return {"WWW-Authenticate": "Bearer"}
+        if self.status == 503:
+            return {"Retry-After": "1"}
+        return None

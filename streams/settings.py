@@ -112,6 +112,27 @@ class Settings(BaseSettings):
     # How long the check API waits for the tenant's agent to decide a reserve (then 503).
     admission_timeout_seconds: float = Field(default=10.0, gt=0)
 
+    # --- HTTP API authentication (contract section 6) ---------------------------------------
+    # Where peers reach this worker's web server (Faust's canonical URL); unset, it is
+    # http://<web_host>:<web_port>, which peers cannot use when bound to 0.0.0.0.
+    advertised_url: str | None = None
+    # Static API tokens, argon2-hashed (``novaquota tokens create``); re-read when it changes.
+    tokens_file: Path = Path("./var/tokens.json")
+    # Anonymous callers: off (unset or "false"), "true" (an admin), or the role they get.
+    auth_anonymous: str | None = None
+    # OIDC/JWT bearer tokens: a JWKS URL or file; unset, JWTs are refused.
+    jwt_jwks: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_algorithms: str = "RS256,ES256"
+    jwt_subject_claim: str = "sub"
+    jwt_role_claim: str = "novaquota_role"
+    jwt_tenant_claim: str = "novaquota_tenant"
+    # Shared by the workers of one deployment: how they read each other's internal endpoints.
+    internal_secret: SecretStr | None = None
+    # Requests with a larger body answer 413.
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+
     # --- Observability ----------------------------------------------------------------------
     log_format: str = "json"  # json or text (any case)
     metrics_top_n: int = Field(default=50, ge=0)  # per-entity series: the N most utilized
@@ -149,6 +170,25 @@ class Settings(BaseSettings):
         if fmt not in ("json", "text"):
             raise ValueError(f"log format must be one of json, text, not {v!r}")
         return fmt
+
+    @field_validator("auth_anonymous")
+    @classmethod
+    def _auth_anonymous(cls, v: str | None) -> str | None:
+        """Normalized to None (off) or a role."""
+        from streams.auth import ROLES
+
+        value = (v or "").strip().lower()
+        if value in ("", "false", "0", "no", "off"):
+            return None
+        if value in ("true", "1", "yes", "on"):
+            return "admin"
+        if value not in ROLES:
+            raise ValueError(f"auth_anonymous must be true, false or a role, not {v!r}")
+        return value
+
+    @property
+    def canonical_url(self) -> str:
+        return (self.advertised_url or f"http://{self.web_host}:{self.web_port}").rstrip("/")
 
     @property
     def compression_type(self) -> str | None:

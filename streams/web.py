@@ -3,7 +3,9 @@
 Every worker answers for every tenant: a request for a tenant this worker does not own is
 forwarded to the owner of the tenant's partition (Faust's router, the same mechanism as
 ``@app.table_route``); during a rebalance that answers 503 and clients retry.
-Authentication is pluggable (``Authenticator``); the default lets every request through.
+Every request but health, readiness and metrics is authenticated (``streams.auth.middleware``);
+the views authorize the principal for the tenant they read, so another tenant's answers 404.
+A forwarded request carries the caller's own credentials, and the owner checks them again.
 """
 
 from __future__ import annotations
@@ -21,21 +23,15 @@ from schemas.common import format_time_us
 from streams import observe
 from streams import quota as q
 from streams.app import tables_recovered
+from streams.auth import middleware
 from streams.errors import ApiError
 
 if TYPE_CHECKING:
     from streams.app import QuotaApp
 
-__all__ = ["ApiError", "Authenticator", "allow_all", "register"]
+__all__ = ["ApiError", "register"]
 
 LEVELS = ("tenant", "project", "user", "system")
-
-Authenticator = Callable[[web.Request, str], None]
-"""Called with the request and the tenant it reads; raises ApiError(404) to deny."""
-
-
-def allow_all(request: web.Request, tenant_id: str) -> None:
-    return None
 
 
 def _num(micros: int | None) -> float | int | None:
@@ -69,8 +65,11 @@ def _entity(request: web.Request) -> tuple[str, str, str]:
     return tenant_id, level, entity_id
 
 
-def register(qa: QuotaApp, authenticate: Authenticator = allow_all) -> None:
+def register(qa: QuotaApp) -> None:
     app = qa.app
+    # Before the server starts: aiohttp freezes its middlewares then.
+    web_app = app.web.web_app  # type: ignore[attr-defined]  # the aiohttp driver's Application
+    web_app.middlewares.append(middleware(qa.access, qa.settings.max_body_bytes))
 
     def json_response(
         body: Any, *, status: int = 200, headers: dict[str, str] | None = None
@@ -81,10 +80,10 @@ def register(qa: QuotaApp, authenticate: Authenticator = allow_all) -> None:
 
     from streams import checks
 
-    checks.register(qa, authenticate, json_response)
+    checks.register(qa, json_response)
 
     def error(view: web.View, exc: ApiError) -> web.Response:
-        return view.json({"error": {"code": exc.code, "message": exc.message}}, status=exc.status)
+        return json_response(exc.body(), status=exc.status, headers=exc.headers())
 
     async def routed(
         view: web.View,
@@ -93,7 +92,7 @@ def register(qa: QuotaApp, authenticate: Authenticator = allow_all) -> None:
     ) -> web.Response:
         try:
             tenant_id, level, entity_id = _entity(request)
-            authenticate(request, tenant_id)
+            qa.access(request, tenant_id, "read")
         except ApiError as exc:
             return error(view, exc)
         try:
@@ -229,7 +228,8 @@ def register(qa: QuotaApp, authenticate: Authenticator = allow_all) -> None:
     @app.page("/internal/usage")
     async def internal_usage(self: web.View, request: web.Request) -> web.Response:
         """Read-only debug dump of the tenants on this worker's active partitions (tests):
-        usage per entity (exact decimal strings), open episodes, quota count, watermark."""
+        usage per entity (exact decimal strings), open episodes, quota count, watermark.
+        A peer with the internal secret or an admin (the middleware checks)."""
         from streams.enforce import SYSTEM, TenantRecord
 
         topic = qa.resource_events.get_topic_name()

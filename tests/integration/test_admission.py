@@ -6,8 +6,6 @@ import asyncio
 import json
 import random
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -24,25 +22,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def post(stack: Stack, path: str, body: Any, worker: int = 0) -> tuple[int, Any]:
-    req = urllib.request.Request(
-        stack.workers[worker].url + path,
-        data=body if isinstance(body, bytes) else json.dumps(body).encode(),
-        headers={"content-type": "application/json"},
-        method="POST",
-    )
-    return _send(req)
+    w = stack.workers[worker]
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return w.request("POST", path, data, token=w.credentials.admin_token, timeout=30)
 
 
 def delete(stack: Stack, path: str, worker: int = 0) -> tuple[int, Any]:
-    return _send(urllib.request.Request(stack.workers[worker].url + path, method="DELETE"))
-
-
-def _send(req: urllib.request.Request) -> tuple[int, Any]:
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"null")
+    w = stack.workers[worker]
+    return w.request("DELETE", path, token=w.credentials.admin_token, timeout=30)
 
 
 def quota(tenant: str, res: str, limit: float, level: str = "tenant", entity: str = "", **kw: Any):
@@ -196,7 +183,8 @@ def test_grant_lifecycle_ttl_conversion_idempotency_and_release(
     stack.produce("quota-commands", [quota("acme", "cpu", 10), quota("acme", "memory", 65536)])
     check_until(stack, {"tenant_id": "acme", "resources": {"cpu": 1}}, lambda r: r["checks"])
     url = stack.workers[0].url
-    with QuotaClient(url, config=ClientConfig(actor="scheduler")) as client:
+    scheduler = stack.workers[0].credentials.token("scheduler", "service", "acme")
+    with QuotaClient(url, token=scheduler) as client:
         # converted into usage by the allocation event of its resource_id
         g1 = client.reserve("acme", {"cpu": 4, "memory": 2048}, resource_id="vm-a", ttl_seconds=600)
         assert g1.allowed and g1.reservation_id and g1.expires_at
@@ -232,7 +220,7 @@ def test_grant_lifecycle_ttl_conversion_idempotency_and_release(
     assert actions["audit.reservation_expired"] == 1
     events = [e for e in stack.outputs("audit") if e["data"]["tenant_id"] == "acme"]
     granted = [e for e in events if e["type"] == "audit.reservation_granted"]
-    assert {e["data"]["actor"] for e in granted} == {"scheduler"}
+    assert {e["data"]["actor"] for e in granted} == {"token:scheduler"}
     assert any(e["type"] == "audit.reservation_expired" for e in events)
 
     # scheduled reservations: create, list, cancel (202: they are commands)
@@ -325,7 +313,8 @@ def test_concurrent_reserves_yield_exactly_k_grants_across_a_rebalance(
     ) -> list[Any]:
         """Reserve 1 cpu per ask, ``pace`` seconds apart, all in flight together, while
         ``during`` runs in a thread."""
-        clients = [AsyncQuotaClient(u, config=config) for u in urls]
+        token = stack.workers[0].credentials.admin_token
+        clients = [AsyncQuotaClient(u, token=token, config=config) for u in urls]
         try:
             side = asyncio.ensure_future(asyncio.to_thread(during))
             tasks = []

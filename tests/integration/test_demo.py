@@ -44,6 +44,7 @@ def _start(
         "NOVAQUOTA_PARTITIONS": "2",
         "NOVAQUOTA_WEB_PORT": str(free_port()),
         "NOVAQUOTA_DATA_DIR": str(tmp_path / "state"),
+        "NOVAQUOTA_TOKENS_FILE": str(tmp_path / "tokens.json"),
         "NOVAQUOTA_LOG_LEVEL": "WARNING",
         "PYTHONUNBUFFERED": "1",
     }

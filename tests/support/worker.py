@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -11,10 +12,48 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["WorkerProcess", "free_port"]
+from streams.tokens import create_token
+
+__all__ = ["Credentials", "WorkerProcess", "free_port", "provision"]
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A test deployment's token file, its admin token and the workers' internal secret."""
+
+    tokens_file: Path
+    admin_token: str
+    internal_secret: str
+
+    def env(self) -> dict[str, str]:
+        return {
+            "NOVAQUOTA_TOKENS_FILE": str(self.tokens_file),
+            "NOVAQUOTA_INTERNAL_SECRET": self.internal_secret,
+        }
+
+    def token(self, name: str, role: str, tenant: str | None = None) -> str:
+        return create_token(self.tokens_file, name, role, tenant)
+
+
+def provision(directory: Path) -> Credentials:
+    """The credentials kept in ``directory`` (made on first use): every worker of a test
+    shares them, as the workers of one deployment share a token file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tokens_file = directory / "tokens.json"
+    saved = directory / "credentials.json"
+    if saved.exists():
+        raw = json.loads(saved.read_text())
+        return Credentials(tokens_file, raw["admin_token"], raw["internal_secret"])
+    creds = Credentials(
+        tokens_file, create_token(tokens_file, "test-admin", "admin"), secrets.token_urlsafe(24)
+    )
+    body = {"admin_token": creds.admin_token, "internal_secret": creds.internal_secret}
+    saved.write_text(json.dumps(body))
+    return creds
 
 
 def free_port() -> int:
@@ -39,6 +78,7 @@ class WorkerProcess:
         self.port = free_port()
         self.data_dir = data_dir
         self.log_path = data_dir / f"worker-{self.port}.log"
+        self.credentials = provision(data_dir)
         self.env = {
             **os.environ,
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
@@ -49,6 +89,7 @@ class WorkerProcess:
             "NOVAQUOTA_DATA_DIR": str(data_dir / f"state-{self.port}"),
             "NOVAQUOTA_LOG_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1",
+            **self.credentials.env(),
             **(env or {}),
         }
         self.proc: subprocess.Popen[bytes] | None = None
@@ -72,8 +113,26 @@ class WorkerProcess:
         return self
 
     def get(self, path: str, timeout: float = 5.0) -> tuple[int, Any]:
+        """GET as the test deployment's admin."""
+        return self.request("GET", path, token=self.credentials.admin_token, timeout=timeout)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        *,
+        token: str | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 5.0,
+    ) -> tuple[int, Any]:
+        """(status, JSON body or text) of one request, with ``token`` as bearer if given."""
+        hdrs = {"content-type": "application/json", **(headers or {})}
+        if token is not None:
+            hdrs["authorization"] = f"Bearer {token}"
+        req = urllib.request.Request(self.url + path, data=body, method=method, headers=hdrs)
         try:
-            with urllib.request.urlopen(self.url + path, timeout=timeout) as resp:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
                 return resp.status, json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as err:
             body = err.read()

@@ -15,6 +15,7 @@ from projections.http import build_app
 from projections.metrics import ProjectionMetrics
 from projections.store import MemoryStore
 from projections.worker import ProjectionWorker
+from streams.auth import Access, anonymous
 from streams.settings import Settings
 from tests.unit.test_projections_folds import cmd, vm
 
@@ -45,7 +46,7 @@ def worker() -> ProjectionWorker:
 
 
 async def _get(paths: list[str]) -> list[tuple[int, Any]]:
-    client = TestClient(TestServer(build_app(worker())))
+    client = TestClient(TestServer(build_app(worker(), Access(anonymous))))
     await client.start_server()
     try:
         out = []
