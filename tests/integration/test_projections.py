@@ -28,7 +28,7 @@ from projections.worker import ProjectionWorker
 from tests.integration.conftest import Stack
 from tests.support import reference
 from tests.support.events import command, vm_created
-from tests.support.worker import free_port
+from tests.support.worker import free_port, provision
 
 pytestmark = pytest.mark.integration
 
@@ -236,8 +236,10 @@ def test_cli_run_serves_views_and_metrics_then_stops_cleanly(
     )
     stack.produce("resource-events", [vm_created("t5", "v1", cpu=2, t=60)])
     port = free_port()
+    creds = provision(tmp_path / "credentials")
     env = {
         **os.environ,
+        **creds.env(),
         "KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap,
         "NOVAQUOTA_TOPIC_PREFIX": stack.prefix,
         "NOVAQUOTA_APP_ID": f"{stack.prefix}enforcement",
@@ -259,7 +261,7 @@ def test_cli_run_serves_views_and_metrics_then_stops_cleanly(
     base = f"http://127.0.0.1:{port}"
     try:
         stack.wait_for(lambda: _get(f"{base}/readyz")[0] == 200, timeout=60)
-        status, body = _get(f"{base}/api/v1/quotas/overview?entity_id=t5")
+        status, body = _get(f"{base}/api/v1/quotas/overview?entity_id=t5", creds.admin_token)
         assert status == 200
         assert body["quotas"][0]["used"] == 2.0 and body["quotas"][0]["utilization"] == 25.0
         status, text = _get(f"{base}/metrics")
@@ -271,9 +273,11 @@ def test_cli_run_serves_views_and_metrics_then_stops_cleanly(
     assert proc.returncode == 0, err.decode()[-2000:]
 
 
-def _get(url: str) -> tuple[int, Any]:
+def _get(url: str, token: str | None = None) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    req = urllib.request.Request(url, headers=headers)
     try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
+        with urllib.request.urlopen(req, timeout=5) as resp:
             raw = resp.read()
             status = resp.status
     except urllib.error.HTTPError as exc:
