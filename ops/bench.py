@@ -39,7 +39,6 @@ import statistics
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +54,7 @@ from ops.processes import (
     cpu_seconds,
     events_processed,
     free_port,
+    get_json,
     rss_mb,
     spawn,
     stop,
@@ -747,10 +747,9 @@ def _serving_seconds(w: _Worker, tenant: str, timeout: float) -> tuple[float, fl
     while time.monotonic() - started < timeout:
         w.check_alive()
         try:
-            with urllib.request.urlopen(path, timeout=5) as resp:
-                body = json.loads(resp.read())
-                if resp.status == 200 and body.get("resources"):
-                    return ready, time.monotonic() - started
+            status, body = get_json(path)
+            if status == 200 and body.get("resources"):
+                return ready, time.monotonic() - started
         except OSError:
             pass
         time.sleep(0.1)
@@ -758,8 +757,7 @@ def _serving_seconds(w: _Worker, tenant: str, timeout: float) -> tuple[float, fl
 
 
 def _served_quotas(w: _Worker) -> int:
-    with urllib.request.urlopen(w.url + "/internal/usage", timeout=120) as resp:
-        body = json.loads(resp.read())
+    _, body = get_json(w.url + "/internal/usage", timeout=120)
     return int(sum(b["quotas"] for b in body["tenants"].values()))
 
 

@@ -36,7 +36,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from ops.processes import free_port, spawn, stop, wait_ready, worker_env
+from ops.processes import free_port, harness_auth, spawn, stop, wait_ready, worker_env
 from ops.publish import make_producer
 from ops.topics import create_topics
 from schemas.templates import BUILTIN_TEMPLATES
@@ -270,7 +270,8 @@ async def _measure(
 ) -> dict[str, Any]:
     conn = aiohttp.TCPConnector(limit=256)
     rng = random.Random(12)
-    async with aiohttp.ClientSession(connector=conn) as session:
+    headers = harness_auth().headers()
+    async with aiohttp.ClientSession(connector=conn, headers=headers) as session:
         loaded = await _wait_loaded(session, url, tenants)
         await _batch_rate(session, url, tenants, 2, 4)  # warm-up
         batch = await _batch_rate(session, url, tenants, seconds, 4)

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from streams.settings import ensure_dir
 
@@ -70,6 +76,42 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class HarnessAuth:
+    """Credentials of the workers a harness starts: a token file with one admin token, and
+    the workers' internal secret."""
+
+    tokens_file: Path
+    admin_token: str
+    internal_secret: str
+
+    def env(self) -> dict[str, str]:
+        return {
+            "NOVAQUOTA_TOKENS_FILE": str(self.tokens_file),
+            "NOVAQUOTA_INTERNAL_SECRET": self.internal_secret,
+        }
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_token}"}
+
+
+@functools.cache
+def harness_auth() -> HarnessAuth:
+    """One set per harness process, in a private temporary directory (made on first use)."""
+    from streams.tokens import create_token
+
+    path = Path(tempfile.mkdtemp(prefix="novaquota-auth-")) / "tokens.json"
+    return HarnessAuth(path, create_token(path, "harness", "admin"), secrets.token_urlsafe(24))
+
+
+def get_json(url: str, timeout: float = 5.0) -> tuple[int, Any]:
+    """(status, JSON body) of a GET as the harness's admin; raises OSError when nothing
+    answers or the status is an error."""
+    req = urllib.request.Request(url, headers=harness_auth().headers())
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return int(resp.status), json.loads(resp.read())
+
+
 def worker_env(
     *,
     bootstrap: str,
@@ -81,7 +123,8 @@ def worker_env(
     log_level: str = "WARNING",
     base: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """The environment of a worker process with its own port, data dir and consumer group."""
+    """The environment of a worker process with its own port, data dir and consumer group,
+    and the harness's credentials."""
     return {
         **(os.environ if base is None else base),
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
@@ -92,6 +135,7 @@ def worker_env(
         "NOVAQUOTA_DATA_DIR": str(data_dir),
         "NOVAQUOTA_LOG_LEVEL": log_level,
         "PYTHONUNBUFFERED": "1",
+        **harness_auth().env(),
     }
 
 
