@@ -59,7 +59,6 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 """Answer without credentials: probes and the Prometheus scraper carry none."""
 INTERNAL_PREFIX = "/internal/"
 INTERNAL_HEADER = "X-Novaquota-Internal"
-PRINCIPAL_KEY = "novaquota.principal"
 
 Role = Literal["admin", "tenant-admin", "viewer", "service"]
 ROLES: tuple[Role, ...] = ("admin", "tenant-admin", "viewer", "service")
@@ -93,6 +92,7 @@ class Principal:
 ANONYMOUS_ADMIN = Principal("anonymous", "admin")
 PEER = Principal("peer", "admin")
 """Another worker of the deployment, proven by the internal secret (internal endpoints only)."""
+PRINCIPAL_KEY = web.RequestKey("novaquota.principal", Principal)
 
 
 def authorize(principal: Principal, action: Action, tenant_id: str | None) -> None:
