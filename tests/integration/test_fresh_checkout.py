@@ -328,6 +328,12 @@ def test_readme_using_it_block_runs_as_written(
             after = kafka_local.status(Settings(bootstrap_servers=kafka_bootstrap))
             assert after.get("pid") == broker_before.get("pid"), (after, broker_before)
             done.append("kafka start")
+        elif argv[0] == "export":
+            # `export NAME=$(command)`: the command's output becomes the variable
+            name, _, command = line.split(None, 1)[1].split("#")[0].strip().partition("=")
+            assert command.startswith("$(") and command.endswith(")"), line
+            env[name] = run(shlex.split(command[2:-1]), cwd=cwd, env=env).strip()
+            done.append(f"export {name}")
         elif argv[-1] == "&":
             assert argv[:-1] == ["novaquota", "worker"], line
             background.append(Background(argv[:-1], cwd=cwd, env=env, log=tmp_path / "worker.log"))
@@ -336,6 +342,7 @@ def test_readme_using_it_block_runs_as_written(
             # the block's port is the default one; this test's worker has its own
             assert any("localhost:6066" in a for a in argv), line
             argv = [a.replace("localhost:6066", f"localhost:{port}") for a in argv]
+            argv = [a.replace("$NOVAQUOTA_TOKEN", env["NOVAQUOTA_TOKEN"]) for a in argv]
             worker = background[-1]
             deadline = time.monotonic() + READY_TIMEOUT + USAGE_TIMEOUT
             why = "no answer yet"
@@ -361,6 +368,7 @@ def test_readme_using_it_block_runs_as_written(
         "activate",
         "kafka start",
         "novaquota topics",
+        "export NOVAQUOTA_TOKEN",
         "worker &",
         "novaquota publish",
         "curl",
