@@ -184,6 +184,9 @@ def test_grant_lifecycle_ttl_conversion_idempotency_and_release(
     check_until(stack, {"tenant_id": "acme", "resources": {"cpu": 1}}, lambda r: r["checks"])
     url = stack.workers[0].url
     scheduler = stack.workers[0].credentials.token("scheduler", "service", "acme")
+    # the worker reads the changed token file within a second
+    mine = "/api/v1/quotas/reservations?tenant_id=acme"
+    stack.wait_for(lambda: stack.workers[0].request("GET", mine, token=scheduler)[0] == 200)
     with QuotaClient(url, token=scheduler) as client:
         # converted into usage by the allocation event of its resource_id
         g1 = client.reserve("acme", {"cpu": 4, "memory": 2048}, resource_id="vm-a", ttl_seconds=600)
