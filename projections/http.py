@@ -12,6 +12,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from projections import views
 from projections.exceptions import QueryError
 from projections.worker import ProjectionWorker
+from streams.http_errors import error_middleware
+from streams.openapi import add_document_routes
 
 __all__ = ["Authenticator", "allow_all", "build_app"]
 
@@ -127,7 +129,8 @@ def build_app(worker: ProjectionWorker, authenticate: Authenticator = allow_all)
         body = generate_latest(worker.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    app = web.Application()
+    app = web.Application(middlewares=[error_middleware])
+    add_document_routes(app.router)
     app.router.add_get("/api/v1/quotas/usage/{entity_id}/history", guarded(history))
     app.router.add_get("/api/v1/quotas/analytics/{entity_id}", guarded(analytics))
     app.router.add_get("/api/v1/quotas/overview", guarded(overview))

@@ -18,6 +18,7 @@ import orjson
 
 from streams import faust_compat
 from streams.auth import Access, anonymous
+from streams.http_errors import error_middleware
 from streams.metrics import Metrics
 from streams.settings import Settings
 from streams.store.rocksdb import rocksdb_options
@@ -43,6 +44,12 @@ class QuotaApp:
             store="rocksdb://",
             datadir=str(settings.data_dir),
             web_enabled=True,
+            # One error shape for every answer, also the router's own 404 and 405.
+            web_application_options={"middlewares": [error_middleware]},
+            # Faust's /router and /table pages list partition owners and dump table values with
+            # no authentication; nothing here uses them.
+            web_router_enabled=False,
+            web_tables_enabled=False,
             web_host=settings.web_host,
             web_port=settings.web_port,
             canonical_url=f"http://{settings.web_host}:{settings.web_port}",

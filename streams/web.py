@@ -22,6 +22,7 @@ from streams import observe
 from streams import quota as q
 from streams.app import tables_recovered
 from streams.errors import ApiError
+from streams.openapi import add_document_routes
 
 if TYPE_CHECKING:
     from streams.app import QuotaApp
@@ -82,6 +83,7 @@ def register(qa: QuotaApp, authenticate: Authenticator = allow_all) -> None:
     from streams import checks
 
     checks.register(qa, authenticate, json_response)
+    add_document_routes(app.web.web_app.router)  # type: ignore[attr-defined]
 
     def error(view: web.View, exc: ApiError) -> web.Response:
         return view.json({"error": {"code": exc.code, "message": exc.message}}, status=exc.status)
@@ -214,12 +216,6 @@ def register(qa: QuotaApp, authenticate: Authenticator = allow_all) -> None:
     async def readyz(self: web.View, request: web.Request) -> web.Response:
         ready, body = await observe.readiness(qa)
         return self.json(body, status=200 if ready else 503)
-
-    @app.page("/api/v1/openapi.json")
-    async def openapi(self: web.View, request: web.Request) -> web.Response:
-        from streams.openapi import openapi_document
-
-        return json_response(openapi_document(str(app.conf.canonical_url)))
 
     @app.page("/metrics")
     async def metrics(self: web.View, request: web.Request) -> web.Response:
