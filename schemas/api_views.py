@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.api import GrantView
+from schemas.common import Id, ResourceType, TenantId
 
 __all__ = [
     "AnalyticsResponse",
@@ -43,6 +44,7 @@ __all__ = [
 ]
 
 Number = float
+_DATE_TIME: dict[str, Any] = {"format": "date-time"}
 Level = Literal["system", "tenant", "project", "user"]
 
 
@@ -132,15 +134,15 @@ class ReservationRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    tenant_id: str = Field(min_length=1)
+    tenant_id: TenantId
     level: Level = "tenant"
-    entity_id: str | None = Field(default=None, description="default: the tenant")
-    resource_type: str
-    amount: Number | str
-    start: str = Field(description="RFC 3339 with an offset")
-    end: str = Field(description="RFC 3339 with an offset")
+    entity_id: Id | None = Field(default=None, description="default: the tenant")
+    resource_type: ResourceType
+    amount: Number | str = Field(description="in the resource's unit; a decimal string is exact")
+    start: str = Field(description="RFC 3339 with an offset", json_schema_extra=_DATE_TIME)
+    end: str = Field(description="RFC 3339 with an offset", json_schema_extra=_DATE_TIME)
     purpose: str = ""
-    reservation_id: str | None = Field(default=None, description="default: a new uuid")
+    reservation_id: Id | None = Field(default=None, description="default: a new uuid")
 
 
 class ScheduledReservation(_View):

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas import api_views as v
 from schemas.api import BatchCheckRequest, CheckRequest, CheckResponse
+from schemas.common import ResourceType
 from streams.auth import Action
 
 __all__ = [
@@ -101,8 +102,10 @@ class QuotasQuery(EntityQuery):
 
 class SimpleCheckQuery(_Query):
     entity_id: str = Field(min_length=1, description="the tenant")
-    resource_type: str = Field(min_length=1, description="e.g. cpu")
-    amount: str = Field(min_length=1, description="in the resource's unit")
+    resource_type: ResourceType
+    amount: str = Field(
+        pattern=r"^[0-9]{1,12}(\.[0-9]{1,6})?$", description="in the resource's unit"
+    )
 
 
 class TenantQuery(_Query):
