@@ -42,12 +42,10 @@ def error_response(
     )
 
 
-def _foreign(response: web.StreamResponse) -> bool:
+def _foreign(response: web.Response) -> bool:
     """Whether an error answer was written by aiohttp or Faust rather than by one of our views:
     a body that is not JSON, or Faust's ``{"error": "<text>"}``. Our views' JSON bodies stay as
     they are (``/readyz`` answers 503 with its own report)."""
-    if not isinstance(response, web.Response):
-        return False
     if response.content_type != "application/json":
         return True
     try:
@@ -81,7 +79,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return error_response(500, "internal error (a bug): see the worker's log")
-    if response.status >= 400 and _foreign(response):
-        assert isinstance(response, web.Response)
+    if response.status >= 400 and isinstance(response, web.Response) and _foreign(response):
         return _reshaped(response)
     return response
