@@ -36,6 +36,7 @@ from ops.processes import events_processed, http_status, spawn, stop
 from ops.publish import make_producer
 from ops.topics import create_topics
 from ops.workload import US, Workload, WorkloadSpec, iso_us, tenant_key
+from schemas.common import parse_time_us
 from streams.settings import Settings
 
 __all__ = ["DemoOptions", "main", "run_demo"]
@@ -251,8 +252,7 @@ async def _drive(
 
 
 def _event_us(ev: dict[str, Any]) -> int:
-    dt = datetime.strptime(ev["time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-    return int(dt.timestamp()) * US + dt.microsecond
+    return parse_time_us(ev["time"])
 
 
 def _view(

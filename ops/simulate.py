@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ops.workload import US, Workload, WorkloadSpec, is_command, tenant_key, to_jsonl
+from schemas.common import parse_time_us
 from streams.settings import Settings, ensure_dir
 
 __all__ = [
@@ -178,8 +179,7 @@ async def publish(
 
 
 def _time_us(iso: str) -> int:
-    dt = datetime.strptime(iso, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-    return int(dt.timestamp()) * US + dt.microsecond
+    return parse_time_us(iso)
 
 
 def _start(text: str) -> datetime:

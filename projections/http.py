@@ -15,8 +15,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from projections import views
 from projections.exceptions import QueryError
 from projections.worker import ProjectionWorker
-from streams.auth import Access, error_response, middleware
+from streams.auth import Access, middleware
 from streams.errors import ApiError
+from streams.http_errors import api_error_response, error_middleware
+from streams.openapi import add_document_routes
 
 __all__ = ["build_app"]
 
@@ -56,7 +58,7 @@ def build_app(worker: ProjectionWorker, access: Access) -> web.Application:
             except QueryError as exc:
                 return _error(exc)
             except ApiError as exc:
-                return error_response(exc)
+                return api_error_response(exc)
 
         return handler
 
@@ -128,7 +130,10 @@ def build_app(worker: ProjectionWorker, access: Access) -> web.Application:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     max_body = worker.settings.max_body_bytes
-    app = web.Application(middlewares=[middleware(access, max_body)], client_max_size=max_body)
+    app = web.Application(
+        middlewares=[error_middleware, middleware(access, max_body)], client_max_size=max_body
+    )
+    add_document_routes(app.router)
     app.router.add_get("/api/v1/quotas/usage/{entity_id}/history", guarded(history))
     app.router.add_get("/api/v1/quotas/analytics/{entity_id}", guarded(analytics))
     app.router.add_get("/api/v1/quotas/overview", guarded(overview))

@@ -41,7 +41,7 @@ import orjson
 from projections.log import LogPosition, LogReader, LogRecord, LogSlice, PartitionRange
 from schemas.amounts import from_micros
 from schemas.codec import Decoded, DecodeLimits
-from schemas.common import datetime_to_us, format_time_us, parse_rfc3339
+from schemas.common import format_time_us, parse_time_us
 from streams import quota as q
 from streams import step
 from streams.enforce import SYSTEM, Emit, Enforcer, InstanceRows
@@ -98,8 +98,8 @@ def parse_time(text: str) -> int:
     """An RFC 3339 time with an offset (``2026-11-28T12:00:00Z``) as microseconds since the
     epoch; raises ``ArgumentError`` for anything else (no naive times, no bare dates)."""
     try:
-        return datetime_to_us(parse_rfc3339(text))
-    except (ValueError, TypeError) as exc:
+        return parse_time_us(text)
+    except ValueError as exc:
         detail = str(exc).splitlines()[0] if str(exc) else "unparseable"
         raise ArgumentError(
             f"not an RFC 3339 time with an offset: {text!r} ({detail}); e.g. 2026-11-28T12:00:00Z"
@@ -472,7 +472,7 @@ class ReplayEngine:
             if event.get("type") == "quota.violation_resolved":
                 d = event["data"]
                 qk = entity_key(d["level"], d["entity_id"]) + SEP + d["resource_type"]
-                at = datetime_to_us(parse_rfc3339(d["resolved_at"]))
+                at = parse_time_us(d["resolved_at"])
                 resolved[qk] = max(resolved.get(qk, at), at)
         if self.store.stored(tenant) is None:
             self.deadlines.pop(tenant, None)

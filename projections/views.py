@@ -10,7 +10,6 @@ import importlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from types import ModuleType
 from typing import Any, Final, TypeVar
 
@@ -20,7 +19,14 @@ import pandas as pd
 from projections.cost import Catalogue, entity_cost, minute_series, month_bounds
 from projections.exceptions import QueryError
 from projections.folds import MINUTE_US, EntityKey, ProjectionState, SeriesKey
-from schemas.common import INTEGER_RESOURCES, LEVELS, RESOURCE_TYPES, SYSTEM_TENANT
+from schemas.common import (
+    INTEGER_RESOURCES,
+    LEVELS,
+    RESOURCE_TYPES,
+    SYSTEM_TENANT,
+    parse_time_us,
+    us_to_datetime,
+)
 from schemas.templates import BUILTIN_TEMPLATES
 
 __all__ = [
@@ -39,6 +45,10 @@ __all__ = [
 STEPS: Final[dict[str, int]] = {"minute": 60, "hour": 3600, "day": 86400}
 _DEFAULT_SPAN: Final[dict[str, int]] = {"minute": 6 * 3600, "hour": 7 * 86400, "day": 90 * 86400}
 MAX_POINTS: Final = 10_080
+#: Views cover 1970 to 2200: the time series start at the epoch, and pandas' timestamps end in
+#: 2262 (a forecast reaches past ``end``).
+PERIOD_MIN_US: Final = 0
+PERIOD_MAX_US: Final = 7_258_118_400_000_000
 CONSUMED: Final = frozenset({"api_requests"})
 UNITS: Final[dict[str, str]] = {
     "cpu": "cores",
@@ -55,26 +65,21 @@ log = logging.getLogger("novaquota.projections")
 
 
 def format_us(time_us: int) -> str:
-    return datetime.fromtimestamp(time_us / 1e6, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return us_to_datetime(time_us).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_time(value: str | None, name: str) -> int | None:
-    """RFC 3339 (``Z`` or an offset) or epoch seconds -> microseconds."""
+    """A query parameter's time (RFC 3339 with an offset, or epoch seconds) in microseconds;
+    None when absent; a ``QueryError`` (400) naming the parameter when it is not a time."""
     if value is None or value == "":
         return None
     try:
-        return round(float(value) * _US)
-    except ValueError:
-        pass
-    try:
-        dt = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
+        return parse_time_us(value, epoch_seconds=True)
+    except ValueError as exc:
+        detail = str(exc).splitlines()[0]
         raise QueryError(
-            "invalid_time", f"{name}: not RFC 3339 or epoch seconds: {value!r}"
+            "invalid_time", f"{name}: not RFC 3339 with an offset or epoch seconds ({detail})"
         ) from None
-    if dt.tzinfo is None:
-        raise QueryError("invalid_time", f"{name}: needs a UTC offset (e.g. Z): {value!r}")
-    return int(dt.timestamp() * _US)
 
 
 def entity_key(entity_id: str, level: str | None, tenant_id: str | None) -> EntityKey:
@@ -125,6 +130,8 @@ class Period:
         start_us = start_us // s_us * s_us
         if start_us >= end_us:
             raise QueryError("invalid_period", "start must be before end")
+        if start_us < PERIOD_MIN_US or end_us > PERIOD_MAX_US:
+            raise QueryError("invalid_period", "a period lies within 1970-01-01 and 2200-01-01")
         period = cls(start_us, end_us, step)
         if period.points > MAX_POINTS:
             raise QueryError(

@@ -37,6 +37,7 @@ __all__ = [
     "fail",
     "format_time_us",
     "parse_rfc3339",
+    "parse_time_us",
     "shorten",
     "us_to_datetime",
 ]
@@ -172,6 +173,32 @@ def datetime_to_us(value: datetime) -> int:
 
 def us_to_datetime(time_us: int) -> datetime:
     return EPOCH + timedelta(microseconds=time_us)
+
+
+_EPOCH_SECONDS: Final = re.compile(r"[+-]?[0-9]{1,20}(?:\.[0-9]{1,9})?")
+_MIN_US: Final = (datetime.min.replace(tzinfo=UTC) - EPOCH) // _ONE_US
+_MAX_US: Final = (datetime.max.replace(tzinfo=UTC) - EPOCH) // _ONE_US
+
+
+def parse_time_us(value: Any, *, epoch_seconds: bool = False) -> int:
+    """A time as microseconds since the epoch: the one parser of times in query strings, CLI
+    arguments and records.
+
+    RFC 3339 with an offset (``parse_rfc3339``); where the caller allows it, also epoch seconds
+    (``1764547200``, ``-1.5``), read exactly as a decimal so ``inf``, ``nan``, exponents and
+    floats' rounding never get in. Anything else, or a time outside years 1-9999, raises a
+    ``ValueError`` whose message can be shown to the sender.
+    """
+    if epoch_seconds and isinstance(value, str) and _EPOCH_SECONDS.fullmatch(value):
+        whole, _, frac = value.lstrip("+-").partition(".")
+        if len(frac) > 6:
+            raise ValueError(f"epoch seconds: at most 6 decimals (microseconds), got {value!r}")
+        time_us = int(whole) * 1_000_000 + int(frac.ljust(6, "0"))
+        time_us = -time_us if value.startswith("-") else time_us
+        if not _MIN_US <= time_us <= _MAX_US:
+            raise ValueError(f"epoch seconds out of range (years 1-9999), got {value!r}")
+        return time_us
+    return datetime_to_us(parse_rfc3339(value))
 
 
 def format_time_us(time_us: int) -> str:

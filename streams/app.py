@@ -18,6 +18,7 @@ import orjson
 
 from streams import faust_compat
 from streams.auth import build_access
+from streams.http_errors import error_middleware
 from streams.metrics import Metrics
 from streams.settings import Settings
 from streams.store.rocksdb import rocksdb_options
@@ -49,7 +50,11 @@ class QuotaApp:
             # Faust's own /router and /table views would serve tenant state to anyone.
             web_router_enabled=False,
             web_tables_enabled=False,
-            web_application_options={"client_max_size": settings.max_body_bytes},
+            # One error shape for every answer, also the router's own 404 and 405.
+            web_application_options={
+                "middlewares": [error_middleware],
+                "client_max_size": settings.max_body_bytes,
+            },
             topic_partitions=settings.partitions,
             topic_replication_factor=settings.replication_factor,
             topic_allow_declare=True,

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import jwt
-import orjson
 from aiohttp import web
 
 from streams.errors import ApiError
+from streams.http_errors import api_error_response
 
 if TYPE_CHECKING:
     from streams.settings import Settings
@@ -55,8 +55,9 @@ __all__ = [
     "middleware",
 ]
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-"""Answer without credentials: probes and the Prometheus scraper carry none."""
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/api/v1/openapi.json", "/docs"})
+"""Answer without credentials: probes and the Prometheus scraper carry none, and the API's
+description (no tenant data) is read by browsers and client generators before they hold a token."""
 INTERNAL_PREFIX = "/internal/"
 INTERNAL_HEADER = "X-Novaquota-Internal"
 
@@ -314,15 +315,6 @@ def build_access(settings: Settings) -> Access:
 # -- HTTP ------------------------------------------------------------------------------------
 
 
-def error_response(exc: ApiError) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(exc.body()),
-        status=exc.status,
-        content_type="application/json",
-        headers=exc.headers(),
-    )
-
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -344,7 +336,7 @@ def middleware(access: Access, max_body_bytes: int | None = None) -> Any:
             if max_body_bytes is not None and size is not None and size > max_body_bytes:
                 raise ApiError(413, "body_too_large", f"at most {max_body_bytes} bytes")
         except ApiError as exc:
-            return error_response(exc)
+            return api_error_response(exc)
         return await handler(request)
 
     return authenticate

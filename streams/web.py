@@ -25,6 +25,7 @@ from streams import quota as q
 from streams.app import tables_recovered
 from streams.auth import middleware
 from streams.errors import ApiError
+from streams.openapi import add_document_routes
 
 if TYPE_CHECKING:
     from streams.app import QuotaApp
@@ -81,6 +82,7 @@ def register(qa: QuotaApp) -> None:
     from streams import checks
 
     checks.register(qa, json_response)
+    add_document_routes(web_app.router)
 
     def error(view: web.View, exc: ApiError) -> web.Response:
         return json_response(exc.body(), status=exc.status, headers=exc.headers())
@@ -213,12 +215,6 @@ def register(qa: QuotaApp) -> None:
     async def readyz(self: web.View, request: web.Request) -> web.Response:
         ready, body = await observe.readiness(qa)
         return self.json(body, status=200 if ready else 503)
-
-    @app.page("/api/v1/openapi.json")
-    async def openapi(self: web.View, request: web.Request) -> web.Response:
-        from streams.openapi import openapi_document
-
-        return json_response(openapi_document(str(app.conf.canonical_url)))
 
     @app.page("/metrics")
     async def metrics(self: web.View, request: web.Request) -> web.Response:

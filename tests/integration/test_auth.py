@@ -82,7 +82,6 @@ ENFORCEMENT: dict[tuple[str, str], Case] = {
     ),
     ("GET", "/internal/usage"): Case("/internal/usage", scope="internal"),
     ("GET", "/internal/system"): Case("/internal/system", scope="internal"),
-    ("GET", "/api/v1/openapi.json"): Case("/api/v1/openapi.json", scope="global"),
     ("GET", "/"): Case("/", scope="global"),  # Faust's index: {"status": "OK"}
 }
 PROJECTIONS: dict[tuple[str, str], Case] = {

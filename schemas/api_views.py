@@ -1,0 +1,374 @@
+"""HTTP API response bodies of the state views of both servers (contract section 6).
+
+These models describe the JSON the views already return (``streams.web``, ``streams.checks``,
+``projections.http``); they exist so the OpenAPI document types every response and so tests can
+check real answers against them. Amounts are JSON numbers in contract units (``float`` here:
+a JSON integer is a number too). Field names are what clients read today: never rename one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.api import GrantView
+from schemas.common import Id, ResourceType, TenantId
+
+__all__ = [
+    "AnalyticsResponse",
+    "AsOf",
+    "CommandAccepted",
+    "CostResponse",
+    "ErrorBody",
+    "ErrorDetail",
+    "Health",
+    "HistoryResponse",
+    "Index",
+    "InternalSystem",
+    "InternalUsage",
+    "OpenApiDocumentBody",
+    "OverviewResponse",
+    "PricingResponse",
+    "ProjectionStatus",
+    "QuotaRow",
+    "QuotasPage",
+    "Readiness",
+    "ReleasedGrant",
+    "ReservationRequest",
+    "ReservationsList",
+    "ScheduledReservation",
+    "TemplateRecommendationResponse",
+    "UtilizationResponse",
+    "UtilizationRow",
+]
+
+Number = float
+_DATE_TIME: dict[str, Any] = {"format": "date-time"}
+Level = Literal["system", "tenant", "project", "user"]
+
+
+class _View(BaseModel):
+    """A response body: tolerant of fields added later (additive changes are not breaking)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class ErrorDetail(_View):
+    code: str = Field(description="machine-readable, e.g. invalid_request, not_found")
+    message: str = Field(description="for people")
+
+
+class ErrorBody(_View):
+    """Every answer that is not a success (contract section 6)."""
+
+    error: ErrorDetail
+
+
+class AsOf(_View):
+    """What a state read reflects: the newest event time and the input offsets."""
+
+    event_time: str | None = None
+    offsets: dict[str, int] = Field(default_factory=dict)
+    system: dict[str, Any] | None = Field(
+        default=None, description="checks only: age of the system snapshot"
+    )
+
+
+# --- enforcement workers (6066) -------------------------------------------------------------------
+
+
+class UtilizationRow(_View):
+    resource_type: str
+    limit: Number | None
+    burst_limit: Number | None
+    used: Number
+    reserved: Number
+    available: Number | None
+    utilization: Number | None = Field(description="used / limit * 100; null for a zero limit")
+    limit_type: str | None
+    status: str | None
+    window: str | None
+    open_violations: list[str]
+
+
+class UtilizationResponse(_View):
+    tenant_id: str
+    level: Level
+    entity_id: str
+    resources: list[UtilizationRow]
+    as_of: AsOf
+
+
+class QuotaRow(_View):
+    tenant_id: str
+    level: Level
+    entity_id: str
+    resource_type: str
+    limit_type: str
+    limit: Number
+    burst_limit: Number | None
+    burst_seconds: int | None
+    grace_seconds: int | None
+    window: str | None
+    status: str
+    enforcement_action: str
+    set_at: str
+    cause_event_id: str
+    used: Number
+    reserved: Number
+    utilization: Number | None
+
+
+class QuotasPage(_View):
+    tenant_id: str
+    quotas: list[QuotaRow]
+    total: int
+    next_page_token: str | None = Field(description="pass as page_token for the next page")
+    as_of: AsOf
+
+
+class ReservationRequest(BaseModel):
+    """``POST /api/v1/quotas/reservations``: becomes a ``reservation.created`` command, which
+    validates it (a bad one answers 400)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    tenant_id: TenantId
+    level: Level = "tenant"
+    entity_id: Id | None = Field(default=None, description="default: the tenant")
+    resource_type: ResourceType
+    amount: Number | str = Field(description="in the resource's unit; a decimal string is exact")
+    start: str = Field(description="RFC 3339 with an offset", json_schema_extra=_DATE_TIME)
+    end: str = Field(description="RFC 3339 with an offset", json_schema_extra=_DATE_TIME)
+    purpose: str = ""
+    reservation_id: Id | None = Field(default=None, description="default: a new uuid")
+
+
+class ScheduledReservation(_View):
+    reservation_id: str
+    level: Level
+    entity_id: str
+    resource_type: str
+    amount: Number
+    start: str
+    end: str
+    purpose: str
+    actor: str
+    cause_event_id: str
+    created_at_us: int
+
+
+class ReservationsList(_View):
+    tenant_id: str
+    scheduled: list[ScheduledReservation]
+    grants: list[GrantView]
+    as_of: AsOf
+
+
+class CommandAccepted(_View):
+    """202: the command is published; it takes effect when the tenant's agent applies it."""
+
+    command_id: str
+    reservation_id: str
+
+
+class ReleasedGrant(_View):
+    released: GrantView
+
+
+class Health(_View):
+    """Liveness of either worker."""
+
+    status: str
+    crashed: bool | None = None
+    crash_reason: str | None = None
+    broker: dict[str, Any] | None = None
+
+
+class Readiness(_View):
+    """Readiness: the enforcement worker reports partitions and lag, the projection worker its
+    positions (``ProjectionStatus`` fields)."""
+
+    ready: bool
+
+
+class Index(_View):
+    """Faust's production index at ``/``."""
+
+    status: str
+
+
+class InternalUsage(_View):
+    """Debug dump of the tenants on this worker's partitions (tests, benchmarks)."""
+
+    partitions: list[int]
+    rebalancing: bool
+    recovered: bool
+    tenants: dict[str, Any]
+
+
+class InternalSystem(_View):
+    """The system state for the other workers' checks (internal)."""
+
+    state: dict[str, Any] | None
+    at: Number
+
+
+class OpenApiDocumentBody(_View):
+    openapi: str
+    info: dict[str, Any]
+    paths: dict[str, Any]
+    components: dict[str, Any] = Field(default_factory=dict)
+
+
+# --- projection workers (6067) --------------------------------------------------------------------
+
+
+class _Entity(_View):
+    tenant_id: str
+    level: Level
+    entity_id: str
+
+
+class HistoryPoint(_View):
+    time: str
+    used: Number | None
+    peak: Number | None
+    limit: Number | None
+    utilization: Number | None
+    peak_utilization: Number | None
+
+
+class HistorySummary(_View):
+    mean: Number | None
+    peak: Number | None
+    p95: Number | None
+    total: Number | None
+    efficiency: Number | None
+    steps_with_limit: int
+
+
+class HistorySeries(_View):
+    resource_type: str
+    unit: str
+    points: list[HistoryPoint]
+    summary: HistorySummary
+
+
+class HistoryResponse(_Entity):
+    start: str
+    end: str
+    step: Literal["minute", "hour", "day"]
+    series: list[HistorySeries]
+    as_of: AsOf
+
+
+class CostBudget(_View):
+    monthly_usd: Number | None
+    thresholds: list[Number]
+    utilization: Number | None
+    projected_utilization: Number | None
+
+
+class CostSummary(_View):
+    month: str
+    currency: str
+    month_to_date: Number | None
+    projected_month: Number | None
+    hourly_rate: Number | None
+    by_resource: dict[str, Number | None]
+    budget: CostBudget | None
+
+
+class Recommendation(_View):
+    kind: str
+    resource_type: str
+    message: str
+
+
+class CostResponse(CostSummary):
+    recommendations: list[Recommendation]
+    as_of: AsOf
+
+
+class ResourceAnalytics(_View):
+    unit: str
+    limit: Number | None
+    mean: Number | None
+    peak: Number | None
+    p95: Number | None
+    trend: dict[str, Any] | None
+    forecast: dict[str, Any] | None
+    time_to_exhaustion: dict[str, Any] | None
+    anomalies: list[dict[str, Any]]
+    efficiency: Number | None
+    errors: list[str]
+
+
+class AnalyticsResponse(_Entity):
+    start: str
+    end: str
+    resources: dict[str, ResourceAnalytics]
+    efficiency: Number | None
+    cost: CostSummary
+    recommendations: list[Recommendation]
+    analytics_available: bool
+    as_of: AsOf
+
+
+class OverviewQuota(_View):
+    resource_type: str
+    limit: Number | None
+    used: Number | None
+    utilization: Number | None
+    status: Literal["ok", "warning", "critical", "exceeded"]
+    limit_type: str
+    window: str | None
+
+
+class OpenViolations(_View):
+    count: int
+    items: list[dict[str, Any]]
+
+
+class OverviewResponse(_Entity):
+    counts_by_status: dict[str, int]
+    quotas: list[OverviewQuota]
+    overall_utilization: dict[str, Number | None]
+    cost_this_month: Number | None
+    projected_monthly_cost: Number | None
+    currency: str
+    open_violations: OpenViolations
+    as_of: AsOf
+
+
+class TierRecommendation(_View):
+    tier: str
+    monthly_cost: Number | None
+    reason: str
+
+
+class TemplateRecommendationResponse(_Entity):
+    current_template: str | None
+    peaks: dict[str, Number | None]
+    period_days: int
+    recommendation: TierRecommendation
+    as_of: AsOf
+
+
+class PricingResponse(_View):
+    currency: str
+    prices: dict[str, dict[str, Any]]
+
+
+class ProjectionStatus(_View):
+    ready: bool
+    folded: int
+    rejected: int
+    batches: int
+    emitted: int
+    watermark: str | None
+    positions: dict[str, int]
+    behind_start_targets: dict[str, int]
+    group_id: str
