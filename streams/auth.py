@@ -26,6 +26,7 @@ __all__ = [
     "Principal",
     "Role",
     "authorize",
+    "authorize_limit_change",
 ]
 
 Role = Literal["admin", "tenant-admin", "viewer", "service"]
@@ -91,3 +92,21 @@ class Access:
 def anonymous(request: Any) -> Principal:
     """No authentication: every caller is an admin (local development only)."""
     return ANONYMOUS_ADMIN
+
+
+Ceiling = tuple[int, int] | None
+"""What a quota lets through, in micro-units: (limit, burst limit or limit). None: no quota in
+force (none set, or suspended), so nothing is limited."""
+
+
+def authorize_limit_change(
+    principal: Principal, level: str, before: Ceiling, after: Ceiling
+) -> None:
+    """A tenant-admin manages the quotas of its projects and users but cannot raise its own
+    tenant-level quota (contract §6): raise 403 if ``after`` lets more through than ``before``.
+    Lowering is allowed, and so is setting a quota where none was in force (that limits more);
+    removing or suspending one is a raise."""
+    if principal.role != "tenant-admin" or level != "tenant" or before is None:
+        return
+    if after is None or after[0] > before[0] or after[1] > before[1]:
+        raise ApiError(403, "forbidden", "a tenant-admin cannot raise its own tenant's quota")
