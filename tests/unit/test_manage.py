@@ -3,12 +3,17 @@ rule and the rejection rows the worker stages for dead-lettered commands."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import Any
+
 import pytest
 
+from schemas.codec import decode, encode
+from schemas.commands import Command, QuotaDeleted, QuotaSet, TemplateApplied
 from streams.auth import Principal, authorize_limit_change
 from streams.enforce import Identities
 from streams.errors import ApiError
-from streams.manage import Target, parse_wait
+from streams.manage import Manager, Target, parse_wait
 from streams.store.memory import MemoryBase
 from streams.store.records import (
     IDENTITY,
@@ -20,6 +25,7 @@ from streams.store.records import (
     tenant_of,
 )
 from streams.store.tenant_store import TenantStore
+from tests.support.world import StoreWorld
 
 TENANT_ADMIN = Principal("token:ops", "tenant-admin", "acme")
 ADMIN = Principal("token:root", "admin")
@@ -109,3 +115,73 @@ def test_rejection_rows_hold_reason_and_message_and_sweep_like_identities() -> N
     # the identity sweep and the rejection sweep do not touch each other's rows
     assert base.get(0, identity_key("acme", "s", "kept")) is not None
     assert list(base.scan(0, IDENTITY))
+
+
+def _guarded_world() -> tuple[Manager, Any]:
+    """A manager over an in-memory store holding tenant acme's cpu quota: 10, burst 12."""
+    world = StoreWorld()
+    value = encode(
+        "quota.set",
+        {"level": "tenant", "entity_id": "acme", "resource_type": "cpu", "limit": 10,
+         "burst_limit": 12, "actor": "ops"},
+        source="tests", id="q1", time_us=1_700_000_000_000_000,
+    )  # fmt: skip
+    decoded = decode(value, [], record_timestamp_ms=1_700_000_000_000)
+    world.enforcer.process(decoded, "qc:0", 1)
+    qa = SimpleNamespace(
+        settings=SimpleNamespace(max_amount=10**12, max_clock_skew_seconds=300),
+        store=world.store,
+        templates={},
+    )
+    return Manager(qa), world  # type: ignore[arg-type]
+
+
+def _cmd(model: type[Command], **data: Any) -> Any:
+    return model.model_validate({"actor": "token:ops", "tenant_id": "acme", **data})
+
+
+@pytest.mark.parametrize(
+    ("model", "data", "allowed"),
+    [
+        (QuotaSet, {"level": "tenant", "resource_type": "cpu", "limit": 8}, True),
+        (
+            QuotaSet,
+            {"level": "tenant", "resource_type": "cpu", "limit": 10, "burst_limit": 12},
+            True,
+        ),
+        (QuotaSet, {"level": "tenant", "resource_type": "gpu", "limit": 100}, True),
+        (
+            QuotaSet,
+            {"level": "project", "entity_id": "web", "resource_type": "cpu", "limit": 99},
+            True,
+        ),
+        (QuotaSet, {"level": "tenant", "resource_type": "cpu", "limit": 11}, False),
+        (
+            QuotaSet,
+            {"level": "tenant", "resource_type": "cpu", "limit": 10, "burst_limit": 20},
+            False,
+        ),
+        (
+            QuotaSet,
+            {"level": "tenant", "resource_type": "cpu", "limit": 5, "status": "suspended"},
+            False,
+        ),
+        (QuotaDeleted, {"level": "tenant", "resource_type": "cpu"}, False),
+        (QuotaDeleted, {"level": "user", "entity_id": "al", "resource_type": "cpu"}, True),
+        (TemplateApplied, {"level": "tenant", "template": "free"}, True),
+        (TemplateApplied, {"level": "tenant", "template": "enterprise"}, False),
+        (TemplateApplied, {"level": "tenant", "template": "unknown"}, True),
+    ],
+)
+def test_a_tenant_admin_is_held_to_its_committed_tenant_quota(
+    model: type[Command], data: dict[str, Any], allowed: bool
+) -> None:
+    manager, _world = _guarded_world()
+    cmd = _cmd(model, **data)
+    manager.guard(ADMIN, cmd)  # an admin may do anything
+    if allowed:
+        manager.guard(TENANT_ADMIN, cmd)
+        return
+    with pytest.raises(ApiError) as err:
+        manager.guard(TENANT_ADMIN, cmd)
+    assert (err.value.status, err.value.code) == (403, "forbidden")
