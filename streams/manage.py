@@ -331,8 +331,14 @@ def register(qa: QuotaApp, json_response: Callable[..., web.Response]) -> Manage
             raise ApiError(
                 503, "unavailable", f"the owner of the tenant is unreachable: {exc}"
             ) from None
+        try:
+            answer = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise ApiError(
+                503, "unavailable", f"the owner answered {status} without JSON"
+            ) from None
         return json_response(
-            orjson.loads(body), status=status, headers={"Location": location} if location else None
+            answer, status=status, headers={"Location": location} if location else None
         )
 
     async def accepted(cmd: Command, key: str, wait: float) -> web.Response:
