@@ -13,12 +13,21 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.api import GrantView
-from schemas.common import Id, ResourceType, TenantId
+from schemas.common import (
+    EnforcementAction,
+    Id,
+    LimitType,
+    ResourceType,
+    Status,
+    TenantId,
+    Window,
+)
 
 __all__ = [
     "AnalyticsResponse",
     "AsOf",
     "CommandAccepted",
+    "CommandStatus",
     "CostResponse",
     "ErrorBody",
     "ErrorDetail",
@@ -31,14 +40,20 @@ __all__ = [
     "OverviewResponse",
     "PricingResponse",
     "ProjectionStatus",
+    "QuotaFields",
     "QuotaRow",
+    "QuotaSetRequest",
     "QuotasPage",
     "Readiness",
     "ReleasedGrant",
     "ReservationRequest",
     "ReservationsList",
     "ScheduledReservation",
+    "TemplateApplyRequest",
+    "TemplateDefinition",
     "TemplateRecommendationResponse",
+    "TemplateView",
+    "TemplatesList",
     "UtilizationResponse",
     "UtilizationRow",
 ]
@@ -171,6 +186,87 @@ class CommandAccepted(_View):
 
     command_id: str
     reservation_id: str
+
+
+# --- quota and template management (streams.manage) --------------------------------------
+
+
+class QuotaFields(BaseModel):
+    """A quota's fields besides its entity: ``quota.set`` data (contract section 4), validated
+    by the worker's own model before anything is published (a bad one answers 400)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    tenant_id: TenantId | None = Field(
+        default=None, description="or in the query; required for a project or user"
+    )
+    limit: Number = Field(ge=0, description="in the resource's unit")
+    limit_type: LimitType = "hard"
+    burst_limit: Number | None = Field(default=None, ge=0, description="at least limit")
+    burst_seconds: int | None = Field(default=None, ge=0)
+    grace_seconds: int | None = Field(default=None, ge=0, description="soft limits only")
+    window: Window | None = Field(default=None, description="api_requests and cost only")
+    status: Status = "active"
+    enforcement_action: EnforcementAction = "deny"
+
+
+class QuotaSetRequest(QuotaFields):
+    """``POST /api/v1/quotas``: the whole ``quota.set``."""
+
+    level: Level = "tenant"
+    entity_id: Id | None = Field(default=None, description="default: the tenant")
+    resource_type: ResourceType
+
+
+class TemplateApplyRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    tenant_id: TenantId | None = Field(default=None, description="or in the query")
+    level: Level = "tenant"
+    entity_id: Id | None = Field(default=None, description="default: the tenant")
+
+
+class TemplateQuota(QuotaFields):
+    resource_type: ResourceType
+
+
+class TemplateDefinition(BaseModel):
+    """``POST /api/v1/quotas/templates``: ``template.defined`` data (admin only)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    name: Id
+    description: str = ""
+    quotas: list[TemplateQuota] = Field(min_length=1)
+    monthly_cost: Number = Field(default=0, ge=0)
+
+
+class TemplateView(_View):
+    name: str
+    description: str
+    quotas: list[dict[str, Any]]
+    monthly_cost: Number
+    builtin: bool
+
+
+class TemplatesList(_View):
+    templates: list[TemplateView]
+
+
+class CommandStatus(_View):
+    """A management command: the 202/200 answer of a change and ``GET /api/v1/commands/{id}``."""
+
+    command_id: str
+    status: Literal["pending", "applied", "rejected"]
+    type: str | None = Field(default=None, description="the command's type (answers of changes)")
+    tenant_id: str | None = None
+    quotas: list[QuotaRow] | None = Field(
+        default=None, description="applied: the entity's quotas now (when the query names it)"
+    )
+    template: TemplateView | None = Field(default=None, description="applied template.defined")
+    reason: str | None = Field(default=None, description="rejected: the dead-letter reason")
+    message: str | None = None
+    as_of: AsOf | None = None
 
 
 class ReleasedGrant(_View):

@@ -21,12 +21,13 @@ import orjson
 from aiokafka.partitioner import murmur2
 
 from schemas.codec import DecodeLimits
+from schemas.commands import COMMAND_MODELS
 from streams import step
 from streams.batch import Batch
 from streams.enforce import Emit, Enforcer, Identities, Rejection
 from streams.faust_compat import committed_offset, waiting_input
 from streams.ingest import dead_letter_headers
-from streams.store.records import IDENTITY
+from streams.store.records import IDENTITY, REJECTION, rejection_key, rejection_value
 
 if TYPE_CHECKING:
     from streams.app import QuotaApp
@@ -166,23 +167,48 @@ def register(qa: QuotaApp) -> None:
         )
         await to_dead_letter(msg, "internal_error", f"{type(exc).__name__}: {exc}", event_id)
 
-    sweeps: dict[int, tuple[int, bytes]] = {}
+    sweeps: dict[int, tuple[int, bytes, bytes]] = {}
 
     def sweep_identities(partition: int) -> None:
         """Every ``SWEEP_EVERY`` messages of a partition, look at the next ``SWEEP_BUDGET``
         committed identities of that partition and delete the expired ones (staged, so the
-        deletes reach the changelog with the batch)."""
-        count, cursor = sweeps.get(partition, (0, b""))
+        deletes reach the changelog with the batch); rejection rows the same way, with their
+        own cursor (they are few: one per dead-lettered command)."""
+        count, cursor, rejected = sweeps.get(partition, (0, b"", b""))
         count += 1
         if count < SWEEP_EVERY:
-            sweeps[partition] = (count, cursor)
+            sweeps[partition] = (count, cursor, rejected)
             return
-        nxt = enforcer.identities.sweep(
-            store.base.scan(partition, IDENTITY, cursor),
-            lambda tenant: watermark_of(tenant, partition),
-            SWEEP_BUDGET,
-        )
-        sweeps[partition] = (0, nxt or b"")
+
+        def sweep(kind: bytes, start: bytes) -> bytes:
+            nxt = enforcer.identities.sweep(
+                store.base.scan(partition, kind, start),
+                lambda tenant: watermark_of(tenant, partition),
+                SWEEP_BUDGET,
+                kind,
+            )
+            return nxt or b""
+
+        sweeps[partition] = (0, sweep(IDENTITY, cursor), sweep(REJECTION, rejected))
+
+    def note_rejection(got: step.Outcome, reason: str, message: str) -> None:
+        """Stage why a tenant's command was dead-lettered, with the batch, so that the tenant's
+        owner can answer ``rejected`` for it (``streams.manage``). Resource events are not
+        noted: nobody asks for their status, and they can be many. Registered as a step of the
+        tenant, so that a later failure in the batch that drops the tenant's staged rows
+        stages it again."""
+        decoded: Any = got.decoded
+        tenant = got.tenant
+        if decoded is None or tenant is None or decoded.type not in COMMAND_MODELS:
+            return
+        key = rejection_key(tenant, decoded.source, decoded.id)
+        value = rejection_value(reason, message, decoded.time_us)
+
+        def put() -> None:
+            store.put(key, value, tenant)
+
+        put()
+        store.done(tenant, put)
 
     def watermark_of(tenant: str, partition: int) -> int:
         """The tenant's watermark; the partition's for a tenant gone (offboarded)."""
@@ -236,6 +262,7 @@ def register(qa: QuotaApp) -> None:
             try:
                 done = step.apply(enforcer, got, stream, msg.offset)
             except Exception as exc:
+                note_rejection(got, "internal_error", f"{type(exc).__name__}: {exc}")
                 await internal_error(msg, "apply", exc, decoded.id)
                 batch.add(event)
                 return
@@ -247,6 +274,7 @@ def register(qa: QuotaApp) -> None:
                     applied(msg.partition, decoded)
                 batch.add(event, done.emits)
                 return
+            note_rejection(got, done.reason, done.message)
         await to_dead_letter(msg, done.reason, done.message, decoded.id)
         batch.add(event)
 

@@ -141,6 +141,29 @@ class RecommendationQuery(EntityQuery):
     days: int | None = Field(default=None, ge=1, le=366, description="default 30")
 
 
+class WaitQuery(_Query):
+    wait: str | None = Field(
+        default=None,
+        pattern=r"^[0-9]+(\.[0-9]+)?(ms|s)?$",
+        description="block until applied or rejected: 5s, 500ms; at most 30s",
+    )
+
+
+class ChangeQuery(WaitQuery):
+    tenant_id: str | None = Field(default=None, description="if not in the body")
+
+
+class CommandQuery(WaitQuery):
+    """What the 202's ``Location`` carries: where the command's status is kept."""
+
+    tenant_id: str | None = Field(default=None, description="none: a template.defined")
+    level: v.Level | None = None
+    entity_id: str | None = None
+    resource_type: str | None = None
+    template: str | None = None
+    source: str | None = Field(default=None, description="default novaquota/api")
+
+
 class BatchCheckAnswer(BaseModel):
     """``POST /api/v1/quotas/check:batch``: one entry per check, in order; a check with bad
     input gets its own error entry."""
@@ -153,6 +176,9 @@ class BatchCheckAnswer(BaseModel):
 # --- the routes ----------------------------------------------------------------------------------
 
 _STATE_ERRORS = (400, 404, 503)
+_CHANGE_ERRORS = (400, 403, 404, 503)
+_CHANGED: Final[Mapping[int, Body]] = {200: v.CommandStatus, 202: v.CommandStatus}
+"""200 once applied or rejected (with ``?wait=``), else 202 pending with a ``Location``."""
 
 ROUTES: Final[tuple[Route, ...]] = (
     # enforcement workers: checks and reservations (streams.checks)
@@ -186,6 +212,36 @@ ROUTES: Final[tuple[Route, ...]] = (
           "Per resource: limit, used, reserved, available, utilization %",
           {200: v.UtilizationResponse}, query=EntityQuery, action="read",
           errors=_STATE_ERRORS),
+    # enforcement workers: quota and template management (streams.manage)
+    Route("POST", "/api/v1/quotas", ENFORCEMENT,
+          "Create or replace a quota (publishes quota.set)",
+          _CHANGED, body=v.QuotaSetRequest, query=ChangeQuery, action="write",
+          errors=_CHANGE_ERRORS),
+    Route("PUT", "/api/v1/quotas/{level}/{entity_id}/{resource_type}", ENFORCEMENT,
+          "Create or replace the quota the path names (publishes quota.set)",
+          _CHANGED, body=v.QuotaFields, query=ChangeQuery, action="write",
+          errors=_CHANGE_ERRORS),
+    Route("DELETE", "/api/v1/quotas/{level}/{entity_id}/{resource_type}", ENFORCEMENT,
+          "Remove the quota the path names (publishes quota.deleted)",
+          _CHANGED, query=ChangeQuery, action="write", errors=_CHANGE_ERRORS),
+    Route("GET", "/api/v1/quotas/templates", ENFORCEMENT,
+          "The built-in tiers and the custom templates",
+          {200: v.TemplatesList}, action="read", errors=()),
+    Route("POST", "/api/v1/quotas/templates", ENFORCEMENT,
+          "Define a custom template (publishes template.defined; admin)",
+          _CHANGED, body=v.TemplateDefinition, query=WaitQuery, action="admin",
+          errors=_CHANGE_ERRORS),
+    Route("POST", "/api/v1/quotas/templates/{name}/apply", ENFORCEMENT,
+          "Apply a template to an entity (publishes template.applied)",
+          _CHANGED, body=v.TemplateApplyRequest, query=ChangeQuery, action="write",
+          errors=_CHANGE_ERRORS),
+    Route("POST", "/quotas/templates/{name}/apply", ENFORCEMENT,
+          "The seed's path of POST /api/v1/quotas/templates/{name}/apply",
+          _CHANGED, body=v.TemplateApplyRequest, query=ChangeQuery, action="write",
+          errors=_CHANGE_ERRORS),
+    Route("GET", "/api/v1/commands/{command_id}", ENFORCEMENT,
+          "A command's status: pending (202), applied or rejected (200)",
+          _CHANGED, query=CommandQuery, action="read", errors=_STATE_ERRORS),
     Route("GET", "/", ENFORCEMENT, "Faust's index", {200: v.Index}, action="read", errors=(),
           tag="operations"),
     Route("GET", "/internal/usage", ENFORCEMENT,

@@ -50,8 +50,8 @@ __all__ = [
     "Role",
     "anonymous",
     "authorize",
+    "authorize_limit_change",
     "build_access",
-    "may_set_quota",
     "middleware",
 ]
 
@@ -106,22 +106,6 @@ def authorize(principal: Principal, action: Action, tenant_id: str | None) -> No
         raise ApiError(404, "not_found", f"no tenant {tenant_id!r}")
     if action not in ALLOWED[principal.role]:
         raise ApiError(403, "forbidden", f"the role {principal.role} may not {action}")
-
-
-def may_set_quota(
-    principal: Principal, level: str, tenant_id: str | None, *, raises: bool = True
-) -> None:
-    """Raise ``ApiError`` unless ``principal`` may set a quota at ``level`` of ``tenant_id``.
-
-    A tenant-admin manages its projects' and users' quotas but not its own tenant-level quota
-    when the change could give it more (a higher limit, or deleting the limit): that is what the
-    operator sold it. System quotas are an admin's."""
-    if level == "system":
-        authorize(principal, "admin", None)
-        return
-    authorize(principal, "write", tenant_id)
-    if level == "tenant" and raises and principal.role != "admin":
-        raise ApiError(403, "forbidden", "only an admin may raise or remove a tenant-level quota")
 
 
 def unauthorized(message: str = "a bearer token is required") -> ApiError:
@@ -340,3 +324,21 @@ def middleware(access: Access, max_body_bytes: int | None = None) -> Any:
         return await handler(request)
 
     return authenticate
+
+
+Ceiling = tuple[int, int] | None
+"""What a quota lets through, in micro-units: (limit, burst limit or limit). None: no quota in
+force (none set, or suspended), so nothing is limited."""
+
+
+def authorize_limit_change(
+    principal: Principal, level: str, before: Ceiling, after: Ceiling
+) -> None:
+    """A tenant-admin manages the quotas of its projects and users but cannot raise its own
+    tenant-level quota (contract §6): raise 403 if ``after`` lets more through than ``before``.
+    Lowering is allowed, and so is setting a quota where none was in force (that limits more);
+    removing or suspending one is a raise."""
+    if principal.role != "tenant-admin" or level != "tenant" or before is None:
+        return
+    if after is None or after[0] > before[0] or after[1] > before[1]:
+        raise ApiError(403, "forbidden", "a tenant-admin cannot raise its own tenant's quota")

@@ -491,8 +491,9 @@ def register(qa: QuotaApp, json_response: Callable[..., web.Response]) -> CheckS
                     "tenant_id": tenant,
                     "resource_type": payload.get("resource_type"),
                     "amount": payload.get("amount"),
-                    "start": payload.get("start"),
-                    "end": payload.get("end"),
+                    # the seed's names, start_time and end_time, are accepted as aliases
+                    "start": payload.get("start", payload.get("start_time")),
+                    "end": payload.get("end", payload.get("end_time")),
                     "purpose": payload.get("purpose", ""),
                     "actor": principal.subject,
                 }

@@ -196,16 +196,18 @@ class Identities:
         rows: Iterator[tuple[bytes, bytes]],
         watermark_of: Callable[[str], int],
         budget: int,
+        kind: bytes = IDENTITY,
     ) -> bytes | None:
         """Look at up to ``budget`` committed identities and delete the expired ones (values
         without a time are deleted too). Returns the key to start the next slice at, or None
-        when the rows have been read to their end."""
+        when the rows have been read to their end. ``kind``: the row kind swept (rejection
+        rows age like identities)."""
         tenant = None
         watermark = 0
         for i, (key, raw) in enumerate(rows):
             if i >= budget:
                 return key
-            if not key.startswith(IDENTITY) or SEP.encode() not in key:
+            if not key.startswith(kind) or SEP.encode() not in key:
                 continue
             name = tenant_of(key)
             if name != tenant:

@@ -30,7 +30,7 @@ from streams.openapi import add_document_routes
 if TYPE_CHECKING:
     from streams.app import QuotaApp
 
-__all__ = ["ApiError", "register"]
+__all__ = ["ApiError", "quota_rows", "register"]
 
 LEVELS = ("tenant", "project", "user", "system")
 
@@ -66,6 +66,40 @@ def _entity(request: web.Request) -> tuple[str, str, str]:
     return tenant_id, level, entity_id
 
 
+def quota_rows(
+    state: q.TenantState,
+    tenant: str,
+    level: str,
+    entity: str,
+    resource_type: str | None = None,
+    status: str | None = None,
+) -> list[dict[str, Any]]:
+    """Quotas with usage as the API shows them: every level's at tenant level, else one
+    entity's; optionally one resource type or status."""
+    rows = []
+    for ekey, per in sorted(state.quotas.items()):
+        lvl, eid = q.split_entity_key(ekey)
+        if level != "tenant" and (lvl, eid) != (level, entity):
+            continue
+        for res in sorted(per):
+            quota = q.quota_of(state, lvl, eid, res)
+            if quota is None or (resource_type and res != resource_type):
+                continue
+            if status and quota.status != status:
+                continue
+            used = q.usage_of(state, lvl, eid, res)
+            d = quota.to_dict()
+            for k in ("limit", "burst_limit"):
+                d[k] = _num(d.get(k))
+            d["set_at"] = format_time_us(d.pop("set_at_us"))
+            d["used"] = _num(used)
+            d["reserved"] = _num(q.reserved_of(state, lvl, eid, res))
+            d["utilization"] = round(used * 100 / quota.limit, 3) if quota.limit else None
+            d["tenant_id"] = tenant
+            rows.append(d)
+    return rows
+
+
 def register(qa: QuotaApp) -> None:
     app = qa.app
     # Before the server starts: aiohttp freezes its middlewares then.
@@ -82,6 +116,9 @@ def register(qa: QuotaApp) -> None:
     from streams import checks
 
     checks.register(qa, json_response)
+    from streams import manage
+
+    manage.register(qa, json_response)
     add_document_routes(web_app.router)
 
     def error(view: web.View, exc: ApiError) -> web.Response:
@@ -158,8 +195,6 @@ def register(qa: QuotaApp) -> None:
         """The tenant's quotas (all levels for a tenant, else one entity's) with usage;
         filters ``resource_type`` and ``status``; pages of ``page_size`` (1-1000, default
         100) continued with the returned ``next_page_token``."""
-        want_res = query.get("resource_type")
-        want_status = query.get("status")
         try:
             size = int(query.get("page_size") or 100)
             start = int(query.get("page_token") or 0)
@@ -167,27 +202,9 @@ def register(qa: QuotaApp) -> None:
             raise ApiError(400, "invalid_page", "page_size and page_token are integers") from None
         if not 1 <= size <= 1000 or start < 0:
             raise ApiError(400, "invalid_page", "page_size must be 1-1000, page_token >= 0")
-        rows = []
-        for ekey, per in sorted(state.quotas.items()):
-            lvl, eid = q.split_entity_key(ekey)
-            if level != "tenant" and (lvl, eid) != (level, entity):
-                continue
-            for res in sorted(per):
-                quota = q.quota_of(state, lvl, eid, res)
-                if quota is None or (want_res and res != want_res):
-                    continue
-                if want_status and quota.status != want_status:
-                    continue
-                used = q.usage_of(state, lvl, eid, res)
-                d = quota.to_dict()
-                for k in ("limit", "burst_limit"):
-                    d[k] = _num(d.get(k))
-                d["set_at"] = format_time_us(d.pop("set_at_us"))
-                d["used"] = _num(used)
-                d["reserved"] = _num(q.reserved_of(state, lvl, eid, res))
-                d["utilization"] = round(used * 100 / quota.limit, 3) if quota.limit else None
-                d["tenant_id"] = tenant
-                rows.append(d)
+        rows = quota_rows(
+            state, tenant, level, entity, query.get("resource_type"), query.get("status")
+        )
         page = rows[start : start + size]
         more = start + size < len(rows)
         return {

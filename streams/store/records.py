@@ -6,7 +6,10 @@ partition together:
 
 - ``r`` + tenant: the tenant record (guard offsets, outbox, quota state; ``TenantRecord``);
 - ``i`` + tenant + SEP + instance key: one resource instance's current allocation;
-- ``d`` + tenant + SEP + source + SEP + id: a message identity (``streams.enforce.Identities``).
+- ``d`` + tenant + SEP + source + SEP + id: a message identity (``streams.enforce.Identities``);
+- ``j`` + tenant + SEP + source + SEP + id: why a command of the tenant was dead-lettered, so
+  that the owner can tell a rejected command from a pending one (``GET /api/v1/commands/{id}``).
+  Its value ends in ``|time_us`` like an identity's, and it is swept like one.
 
 Tenant ids, instance keys and CloudEvent sources never contain SEP (the codec refuses control
 characters in them).
@@ -25,6 +28,7 @@ __all__ = [
     "IDENTITY",
     "INSTANCE",
     "RECORD",
+    "REJECTION",
     "SEP",
     "SYSTEM",
     "RecordCache",
@@ -32,6 +36,9 @@ __all__ = [
     "identity_key",
     "instance_key",
     "record_key",
+    "rejection_key",
+    "rejection_of",
+    "rejection_value",
     "tenant_of",
 ]
 
@@ -42,6 +49,7 @@ SYSTEM = "system"
 RECORD = b"r"
 INSTANCE = b"i"
 IDENTITY = b"d"
+REJECTION = b"j"
 _SEP = SEP.encode()
 
 
@@ -55,6 +63,21 @@ def instance_key(tenant: str, instance: str) -> bytes:
 
 def identity_key(tenant: str, source: str, event_id: str) -> bytes:
     return IDENTITY + f"{tenant}{SEP}{source}{SEP}{event_id}".encode()
+
+
+def rejection_key(tenant: str, source: str, event_id: str) -> bytes:
+    return REJECTION + f"{tenant}{SEP}{source}{SEP}{event_id}".encode()
+
+
+def rejection_value(reason: str, message: str, time_us: int) -> bytes:
+    """The dead-letter reason and message, then ``|time_us`` (the event time the sweep ages)."""
+    return orjson.dumps([reason, message]) + f"|{time_us}".encode()
+
+
+def rejection_of(raw: bytes) -> tuple[str, str]:
+    """(reason, message) of a rejection row's value."""
+    reason, message = orjson.loads(raw.rpartition(b"|")[0])
+    return str(reason), str(message)
 
 
 def tenant_of(key: bytes) -> str:

@@ -80,6 +80,28 @@ ENFORCEMENT: dict[tuple[str, str], Case] = {
     ("DELETE", "/api/v1/quotas/reservations/{reservation_id}"): Case(
         f"/api/v1/quotas/reservations/r1?tenant_id={B}"
     ),
+    ("POST", "/api/v1/quotas"): Case(
+        "/api/v1/quotas", {"tenant_id": B, "resource_type": "cpu", "limit": 1}
+    ),
+    ("PUT", "/api/v1/quotas/{level}/{entity_id}/{resource_type}"): Case(
+        f"/api/v1/quotas/tenant/{B}/cpu", {"limit": 1}
+    ),
+    ("DELETE", "/api/v1/quotas/{level}/{entity_id}/{resource_type}"): Case(
+        f"/api/v1/quotas/tenant/{B}/cpu"
+    ),
+    ("GET", "/api/v1/quotas/templates"): Case("/api/v1/quotas/templates", scope="global"),
+    ("POST", "/api/v1/quotas/templates"): Case(
+        "/api/v1/quotas/templates",
+        {"name": "b-tier", "quotas": [{"resource_type": "cpu", "limit": 1}]},
+        scope="internal",
+    ),
+    ("POST", "/api/v1/quotas/templates/{name}/apply"): Case(
+        "/api/v1/quotas/templates/free/apply", {"tenant_id": B}
+    ),
+    ("POST", "/quotas/templates/{name}/apply"): Case(
+        "/quotas/templates/free/apply", {"tenant_id": B}
+    ),
+    ("GET", "/api/v1/commands/{command_id}"): Case(f"/api/v1/commands/c1?tenant_id={B}"),
     ("GET", "/internal/usage"): Case("/internal/usage", scope="internal"),
     ("GET", "/internal/system"): Case("/internal/system", scope="internal"),
     ("GET", "/"): Case("/", scope="global"),  # Faust's index: {"status": "OK"}

@@ -100,11 +100,22 @@ def _get(url: str, method: str = "GET", headers: dict[str, str] | None = None) -
         return 0, None
 
 
+def _unwaited(op: dict[str, Any]) -> dict[str, Any]:
+    """Without ``?wait=``: a generated ``wait=30s`` on a command nobody applies would hold each
+    case 30 s. Its parsing is tested in test_manage."""
+    params = [p for p in op.get("parameters", []) if p["name"] != "wait"]
+    return (
+        {**op, "parameters": params}
+        if params
+        else {k: v for k, v in op.items() if k != "parameters"}
+    )
+
+
 def _operations_of(doc: dict[str, Any], server: str) -> dict[str, Any]:
     """The document with only the operations ``server`` answers."""
     paths: dict[str, Any] = {}
     for path, ops in doc["paths"].items():
-        mine = {m: op for m, op in ops.items() if server in op["x-novaquota-server"]}
+        mine = {m: _unwaited(op) for m, op in ops.items() if server in op["x-novaquota-server"]}
         if mine:
             paths[path] = mine
     return {**doc, "paths": paths}

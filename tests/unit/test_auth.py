@@ -21,7 +21,6 @@ from streams.auth import (
     JwtVerifier,
     Principal,
     authorize,
-    may_set_quota,
 )
 from streams.errors import ApiError
 from streams.settings import Settings
@@ -233,26 +232,3 @@ def test_role_action_matrix(role: Any, action: Any) -> None:
         with pytest.raises(ApiError) as err:
             authorize(me, action, "other")
         assert err.value.status == 404
-
-
-def test_a_tenant_admin_cannot_raise_its_own_tenant_quota() -> None:
-    me = Principal("p", "tenant-admin", "acme")
-    may_set_quota(me, "project", "acme")
-    may_set_quota(me, "user", "acme")
-    may_set_quota(me, "tenant", "acme", raises=False)  # lowering is allowed
-    with pytest.raises(ApiError) as err:
-        may_set_quota(me, "tenant", "acme")
-    assert err.value.status == 403
-    for level in ("project", "tenant"):
-        with pytest.raises(ApiError) as err:
-            may_set_quota(me, level, "other")
-        assert err.value.status == 404
-    with pytest.raises(ApiError) as err:
-        may_set_quota(me, "system", None)
-    assert err.value.status == 404
-    admin = Principal("p", "admin")
-    may_set_quota(admin, "tenant", "acme")
-    may_set_quota(admin, "system", None)
-    with pytest.raises(ApiError) as err:
-        may_set_quota(Principal("p", "viewer", "acme"), "project", "acme")
-    assert err.value.status == 403
