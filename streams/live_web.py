@@ -310,12 +310,16 @@ def register(qa: QuotaApp) -> None:
                 raise ApiError(503, "too_many_clients", "this worker serves enough live clients")
             if not hub.started.is_set():
                 raise ApiError(503, "unavailable", "the live feed is starting; retry")
-            ws = aioweb.WebSocketResponse(heartbeat=30.0, max_msg_size=4096)
+            buffer_bytes = qa.settings.live_socket_buffer_kb * 1024
+            # writer_limit: how much is written between two looks at the transport's buffer
+            ws = aioweb.WebSocketResponse(
+                heartbeat=30.0, max_msg_size=4096, writer_limit=buffer_bytes
+            )
             if not ws.can_prepare(request).ok:
                 raise ApiError(400, "websocket_required", "connect with a WebSocket upgrade")
         except ApiError as exc:
             return refuse(self, exc)
-        _bound_socket(request, qa.settings.live_socket_buffer_kb * 1024)
+        _bound_socket(request, buffer_bytes)
         await ws.prepare(request)
         await Connection(qa, request, ws, filters).serve(hub)
         return ws
