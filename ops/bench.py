@@ -16,6 +16,8 @@ on its own topic set (a fresh prefix), so sections can run alone (``--only a,b``
   per-key slope and its projection to 1,000,000.
 - ``restart``: restart to serving with the local state kept, and a cold restore from the
   changelogs (new data dir), for the keys that ``memory`` loaded.
+- ``live`` (``ops.bench_live``): 200 WebSocket subscribers of ``/api/v1/quotas/live``, one
+  slow, under the simulator's workload: delivery latency, worker RSS, the slow client's fate.
 - ``checks`` (``ops.bench_checks``) and ``projections`` (``projections.bench``): run when those
   modules are importable, else recorded as ``{"skipped": reason}``.
 
@@ -873,6 +875,27 @@ def identities_section(
     )
 
 
+def live_section(
+    settings: Settings,
+    *,
+    tenants: int,
+    seed: int,
+    partitions: int,
+    work_dir: Path,
+    opts: BenchOptions = DEFAULT_OPTIONS,
+) -> dict[str, Any]:
+    return _optional(
+        "ops.bench_live",
+        "live_section",
+        settings=settings,
+        tenants=tenants,
+        seed=seed,
+        partitions=partitions,
+        work_dir=work_dir,
+        opts=opts,
+    )
+
+
 SECTIONS: dict[str, Section] = {
     "core": core_section,
     "throughput": throughput_section,
@@ -883,6 +906,7 @@ SECTIONS: dict[str, Section] = {
     "checks": checks_section,
     "projections": projections_section,
     "identities": identities_section,
+    "live": live_section,
 }
 
 

@@ -59,6 +59,12 @@ def catalogue(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t.ticks, n, forever, "internal: event-time ticks (replayable)"),
         TopicSpec(t.admission, n, month, "internal: admission requests (reserve, release, TTL)"),
         TopicSpec(
+            t.live,
+            n,
+            {"retention.ms": str(3600 * 1000), "cleanup.policy": "delete"},
+            "internal: coalesced usage snapshots for the live feed (tailed, one hour)",
+        ),
+        TopicSpec(
             t.system_totals,
             n,
             {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"},

@@ -27,6 +27,7 @@ __all__ = [
     "HTML",
     "ROUTES",
     "SERVERS",
+    "SWITCHING",
     "TEXT",
     "BatchCheckAnswer",
     "Route",
@@ -50,6 +51,8 @@ SERVERS: Final[dict[Server, tuple[int, str, str]]] = {
 }
 
 TEXT: Final = "text/plain"
+SWITCHING: Final = "websocket"
+"""101: the connection becomes a WebSocket; no body."""
 HTML: Final = "text/html"
 
 Body = type[BaseModel] | str
@@ -164,6 +167,15 @@ class CommandQuery(WaitQuery):
     source: str | None = Field(default=None, description="default novaquota/api")
 
 
+class LiveQuery(_Query):
+    entity_id: str | None = Field(default=None, description="the tenant, or with level the entity")
+    tenant_id: str | None = Field(default=None, description="the tenant of a project or user")
+    level: Literal["tenant", "project", "user"] | None = Field(
+        default=None, description="narrow to one level (with entity_id: one entity)"
+    )
+    resource_type: ResourceType | None = Field(default=None, description="narrow to one resource")
+
+
 class BatchCheckAnswer(BaseModel):
     """``POST /api/v1/quotas/check:batch``: one entry per check, in order; a check with bad
     input gets its own error entry."""
@@ -242,6 +254,10 @@ ROUTES: Final[tuple[Route, ...]] = (
     Route("GET", "/api/v1/commands/{command_id}", ENFORCEMENT,
           "A command's status: pending (202), applied or rejected (200)",
           _CHANGED, query=CommandQuery, action="read", errors=_STATE_ERRORS),
+    Route("GET", "/api/v1/quotas/live", ENFORCEMENT,
+          "WebSocket: usage_updated, quota_exceeded, violation_resolved, alert, cost_alert and "
+          "lagging messages about one tenant (contract section 6)",
+          {101: SWITCHING}, query=LiveQuery, action="read", errors=_STATE_ERRORS, tag="live"),
     Route("GET", "/", ENFORCEMENT, "Faust's index", {200: v.Index}, action="read", errors=(),
           tag="operations"),
     Route("GET", "/internal/usage", ENFORCEMENT,

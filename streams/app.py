@@ -166,6 +166,10 @@ class QuotaApp:
         assert isinstance(enforcer, Enforcer)  # made by agents.register
         enforcer.listeners.append(note_grants)
         web.register(self)
+        from streams import live_web
+
+        self.live: Any = None  # streams.live_web.LiveHub
+        live_web.register(self)
         self._register_timers()
         from streams.observe import install
 

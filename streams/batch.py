@@ -54,6 +54,8 @@ class Batch:
         self.max_wait = max_wait
         self.on_written = on_written
         """Called with (messages, tenants, seconds) after each write (metrics)."""
+        self.on_durable: Callable[[list[str]], None] | None = None
+        """Called with the tenants a written batch changed (the live feed's usage snapshots)."""
         self.lock = asyncio.Lock()
         self.events: list[Any] = []
         self.emits: list[Emit] = []
@@ -115,6 +117,8 @@ class Batch:
             event.ack()
         if self.on_written is not None:
             self.on_written(len(events), len(staged.records), time.monotonic() - started)
+        if self.on_durable is not None and staged.records:
+            self.on_durable([tenant for tenant, _raw, _rec in staged.records])
 
     async def flush_if_old(self) -> None:
         """For a timer: write a batch whose first message has waited ``max_wait``."""

@@ -84,6 +84,14 @@ class Metrics:
             ["stage"],
             registry=r,
         )
+        self.live_clients = Gauge(
+            "quota_live_clients", "Open subscriptions of /api/v1/quotas/live", registry=r
+        )
+        self.live_lagging = Counter(
+            "quota_live_lagging",
+            "Live subscribers disconnected with a lagging notice (they read too slowly)",
+            registry=r,
+        )
         # -- worker state, refreshed by timers ---------------------------------------------
         self.consumer_lag = Gauge(
             "quota_consumer_lag_messages",

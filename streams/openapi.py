@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from schemas.api_views import ErrorBody
-from streams.api_routes import ROUTES, SERVERS, Route, Server
+from streams.api_routes import ROUTES, SERVERS, SWITCHING, Route, Server
 
 __all__ = ["add_document_routes", "docs_html", "openapi_document"]
 
@@ -96,7 +96,10 @@ def _operation(route: Route) -> dict[str, Any]:
     responses: dict[str, Any] = {
         str(status): {"description": "OK" if status < 300 else "not ready", "content": _content(m)}
         for status, m in route.responses.items()
+        if m != SWITCHING
     }
+    if SWITCHING in route.responses.values():
+        responses["101"] = {"description": "Switching Protocols: the connection is a WebSocket"}
     errors = set(route.errors)
     if route.action is not None:
         errors.add(401)  # every route with an action needs a bearer token

@@ -48,6 +48,7 @@ class TopicNames:
         self.ticks = f"{prefix}internal-ticks"
         self.system_totals = f"{prefix}internal-system-totals"
         self.admission = f"{prefix}internal-admission"
+        self.live = f"{prefix}internal-live"
 
     def inputs(self) -> tuple[str, str]:
         return (self.resource_events, self.quota_commands)
@@ -132,6 +133,17 @@ class Settings(BaseSettings):
     internal_secret: SecretStr | None = None
     # Requests with a larger body answer 413.
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+
+    # --- Live feed (/api/v1/quotas/live) ----------------------------------------------------
+    # The owner of a tenant publishes coalesced usage snapshots for the feed (off: subscribers
+    # still get violations and alerts, but no usage_updated).
+    live_publish: bool = True
+    # Per client: messages waiting to be sent before it is called lagging and closed (at least
+    # the rows one snapshot of a subscribed tenant can change), and the send buffers of its
+    # socket (kernel and transport). Open subscriptions per worker are capped.
+    live_client_queue: int = Field(default=1000, ge=1, le=100_000)
+    live_socket_buffer_kb: int = Field(default=64, ge=4, le=16_384)
+    live_max_clients: int = Field(default=1000, ge=0)
 
     # --- Observability ----------------------------------------------------------------------
     log_format: str = "json"  # json or text (any case)

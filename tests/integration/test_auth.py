@@ -102,6 +102,7 @@ ENFORCEMENT: dict[tuple[str, str], Case] = {
         "/quotas/templates/free/apply", {"tenant_id": B}
     ),
     ("GET", "/api/v1/commands/{command_id}"): Case(f"/api/v1/commands/c1?tenant_id={B}"),
+    ("GET", "/api/v1/quotas/live"): Case(f"/api/v1/quotas/live?entity_id={B}"),
     ("GET", "/internal/usage"): Case("/internal/usage", scope="internal"),
     ("GET", "/internal/system"): Case("/internal/system", scope="internal"),
     ("GET", "/"): Case("/", scope="global"),  # Faust's index: {"status": "OK"}
