@@ -17,6 +17,7 @@ checked against a JWKS (``JwtVerifier``). The workers of one deployment read eac
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -136,6 +137,15 @@ class Access:
             return principal
         return self.authenticate(request)
 
+    async def resolve(self, request: web.Request) -> Principal:
+        """``principal`` for the middleware: what may block (``BearerAuth.costly``) runs in a
+        thread, so one slow identity provider or a first argon2 never stalls the event loop
+        that also runs the worker's agents."""
+        auth = self.authenticate
+        if isinstance(auth, BearerAuth) and auth.costly(request):
+            return await asyncio.to_thread(self.principal, request)
+        return self.principal(request)
+
     def __call__(self, request: Any, tenant_id: str | None, action: Action) -> Principal:
         principal = self.principal(request)
         authorize(principal, action, tenant_id)
@@ -252,6 +262,16 @@ class BearerAuth:
         self.jwt = jwt_verifier
         self.anonymous = Principal("anonymous", anonymous_role) if anonymous_role else None
 
+    def costly(self, request: Any) -> bool:
+        """Whether authenticating ``request`` may block: argon2 on a static token's first use,
+        or a JWT (its JWKS may have to be fetched over the network)."""
+        token = bearer_token(request)
+        if token is None:
+            return False
+        if token.startswith("nq_"):
+            return self.tokens is not None and self.tokens.costly(token)
+        return self.jwt is not None
+
     def __call__(self, request: Any) -> Principal:
         token = bearer_token(request)
         if token is None:
@@ -315,7 +335,7 @@ def middleware(access: Access, max_body_bytes: int | None = None) -> Any:
             if request.path.startswith(INTERNAL_PREFIX):
                 access.internal(request)
             else:
-                access.principal(request)
+                await access.resolve(request)
             size = request.content_length
             if max_body_bytes is not None and size is not None and size > max_body_bytes:
                 raise ApiError(413, "body_too_large", f"at most {max_body_bytes} bytes")

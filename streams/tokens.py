@@ -187,6 +187,16 @@ class TokenStore:
         if self._checked_at is None or self.clock() - self._checked_at >= self.reload_seconds:
             self.reload()
 
+    def costly(self, token: str) -> bool:
+        """Whether ``verify(token)`` would run argon2: a known id whose secret is neither
+        verified nor failed yet (first use, or a guess). Such a call is run off the event loop."""
+        parts = _split(token)
+        if parts is None or parts[0] not in self._by_id:
+            return False
+        if parts[0] in self._verified:
+            return False  # verify compares with the verified secret's digest
+        return _digest(token) not in self._failed
+
     def verify(self, token: str) -> Principal | None:
         self._maybe_reload()
         parts = _split(token)

@@ -64,6 +64,31 @@ def test_verify_accepts_the_token_and_refuses_any_other(tmp_path: Path) -> None:
     assert store.verify("not-a-token") is None
 
 
+def test_only_a_first_use_or_a_new_guess_is_costly(tmp_path: Path) -> None:
+    """What the middleware runs off the event loop: argon2, never a cache hit."""
+    path = tmp_path / "tokens.json"
+    token = create_token(path, "ci", "service", "acme")
+    store = TokenStore(path)
+    store.reload()
+    wrong = token[:-1] + ("A" if token[-1] != "A" else "B")
+    assert store.costly(token) and store.costly(wrong)
+    assert not store.costly("nq_unknown_secret") and not store.costly("not-a-token")
+    assert store.verify(wrong) is None
+    assert store.costly(token) and not store.costly(wrong)  # a failed guess is remembered
+    store.verify(token)
+    assert not store.costly(token) and not store.costly(wrong[:-1] + "C")  # id verified
+
+    class Req:
+        def __init__(self, value: str) -> None:
+            self.headers = {"Authorization": value}
+
+    auth = BearerAuth(store)
+    assert not auth.costly(Req(f"Bearer {token}"))
+    assert not auth.costly(Req("Bearer eyJ.a.b"))  # a JWT, but no verifier: refused at once
+    verifier = JwtVerifier(str(tmp_path / "jwks.json"))
+    assert BearerAuth(store, verifier).costly(Req("Bearer eyJ.a.b"))
+
+
 def test_revoke_takes_effect_on_reload(tmp_path: Path) -> None:
     path = tmp_path / "tokens.json"
     token = create_token(path, "ci", "admin")
