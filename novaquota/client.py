@@ -43,10 +43,11 @@ from typing import Any
 
 import httpx
 
-from schemas.api import BatchCheckResponse, CheckResponse, GrantView
+from schemas.api import CheckResponse, GrantView
 
 __all__ = [
     "AsyncQuotaClient",
+    "BatchResult",
     "CircuitOpenError",
     "ClientConfig",
     "QuotaApiError",
@@ -71,6 +72,22 @@ class QuotaApiError(QuotaClientError):
         self.status = status
         self.code = code
         self.message = message
+
+
+BatchResult = CheckResponse | QuotaApiError
+"""One entry of ``check_batch``: the answer, or the error of a check with bad input."""
+
+
+def _batch_results(body: Any) -> list[BatchResult]:
+    out: list[BatchResult] = []
+    for entry in body["results"]:
+        error = entry.get("error") if isinstance(entry, dict) else None
+        if isinstance(error, dict):
+            code, message = error.get("code", "invalid_request"), error.get("message", "")
+            out.append(QuotaApiError(400, str(code), str(message)))
+        else:
+            out.append(CheckResponse.model_validate(entry))
+    return out
 
 
 class QuotaUnavailableError(QuotaClientError):
@@ -327,14 +344,15 @@ class AsyncQuotaClient:
             )
         )
 
-    async def check_batch(self, checks: Sequence[Mapping[str, Any]]) -> list[CheckResponse]:
-        """Up to 100 checks (each a ``POST /check`` body) in one request, answered in order."""
+    async def check_batch(self, checks: Sequence[Mapping[str, Any]]) -> list[BatchResult]:
+        """Up to 100 checks (each a ``POST /check`` body) in one request, answered in order; a
+        check with bad input is a ``QuotaApiError`` in its place (the others are answered)."""
         payload = {"checks": [_check_payload(c) for c in checks]}
         try:
             resp = await self._request("POST", "/api/v1/quotas/check:batch", json=payload)
         except QuotaUnavailableError as exc:
             return [self._core.degraded(str(exc)) for _ in checks]
-        return BatchCheckResponse.model_validate(resp.json()).results
+        return _batch_results(resp.json())
 
     async def release(self, tenant_id: str, reservation_id: str) -> GrantView | None:
         """Give a grant back before its TTL (None: a scheduled reservation, cancelled async)."""
@@ -481,14 +499,15 @@ class QuotaClient:
             )
         )
 
-    def check_batch(self, checks: Sequence[Mapping[str, Any]]) -> list[CheckResponse]:
-        """Up to 100 checks (each a ``POST /check`` body) in one request, answered in order."""
+    def check_batch(self, checks: Sequence[Mapping[str, Any]]) -> list[BatchResult]:
+        """Up to 100 checks (each a ``POST /check`` body) in one request, answered in order; a
+        check with bad input is a ``QuotaApiError`` in its place (the others are answered)."""
         payload = {"checks": [_check_payload(c) for c in checks]}
         try:
             resp = self._request("POST", "/api/v1/quotas/check:batch", json=payload)
         except QuotaUnavailableError as exc:
             return [self._core.degraded(str(exc)) for _ in checks]
-        return BatchCheckResponse.model_validate(resp.json()).results
+        return _batch_results(resp.json())
 
     def release(self, tenant_id: str, reservation_id: str) -> GrantView | None:
         """Give a grant back before its TTL (None: a scheduled reservation, cancelled async)."""

@@ -132,7 +132,7 @@ class _Checks:
                     answers = []
                 self.latency_ms = (time.perf_counter() - t0) * 1000
                 for a in answers:
-                    if a.degraded:
+                    if isinstance(a, QuotaClientError) or a.degraded:
                         continue
                     if a.allowed:
                         self.allowed += 1

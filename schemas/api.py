@@ -17,7 +17,6 @@ __all__ = [
     "MAX_BATCH",
     "MAX_TTL_SECONDS",
     "BatchCheckRequest",
-    "BatchCheckResponse",
     "CheckRequest",
     "CheckResponse",
     "GrantView",
@@ -97,12 +96,6 @@ class CheckResponse(BaseModel):
     degraded: bool = False
     """Made by the client, not the service: the service was unavailable (circuit breaker)."""
     as_of: dict[str, Any] = Field(default_factory=dict)
-
-
-class BatchCheckResponse(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    results: list[CheckResponse]
 
 
 class GrantView(BaseModel):

@@ -19,6 +19,7 @@ from novaquota.client import (
     QuotaApiError,
     QuotaClient,
 )
+from schemas.api import CheckResponse
 
 FAST = ClientConfig(retries=3, backoff_seconds=0.001, backoff_max_seconds=0.002)
 
@@ -146,7 +147,16 @@ def test_connection_errors_count_as_unavailable() -> None:
 
 def test_async_client_batch_and_release() -> None:
     answers: list[Callable[[httpx.Request], httpx.Response]] = [
-        lambda r: httpx.Response(200, json={"results": [ALLOWED, {**ALLOWED, "allowed": False}]}),
+        lambda r: httpx.Response(
+            200,
+            json={
+                "results": [
+                    ALLOWED,
+                    {**ALLOWED, "allowed": False},
+                    {"error": {"code": "invalid_amount", "message": "cpu: must be >= 0"}},
+                ]
+            },
+        ),
         lambda r: httpx.Response(
             200,
             json={
@@ -172,9 +182,13 @@ def test_async_client_batch_and_release() -> None:
                 [
                     {"tenant_id": "a", "resources": {"cpu": 1}},
                     {"tenant_id": "b", "resources": {"cpu": 1}, "reserve": True},
+                    {"tenant_id": "c", "resources": {"cpu": 1}},
                 ]
             )
-            assert [r.allowed for r in results] == [True, False]
+            first, second, third = results
+            assert isinstance(first, CheckResponse) and isinstance(second, CheckResponse)
+            assert (first.allowed, second.allowed) == (True, False)
+            assert isinstance(third, QuotaApiError) and third.code == "invalid_amount"
             released = await c.release("acme", "g1")
             assert released is not None and released.resources == {"cpu": Decimal(2)}
 
