@@ -121,14 +121,19 @@ def _operations_of(doc: dict[str, Any], server: str) -> dict[str, Any]:
     return {**doc, "paths": paths}
 
 
-def _exercise(doc: dict[str, Any], base_url: str, headers: dict[str, str]) -> Outcome:
+def _exercise(
+    doc: dict[str, Any],
+    base_url: str,
+    headers: dict[str, str],
+    examples: int = EXAMPLES_PER_OPERATION,
+) -> Outcome:
     outcome = Outcome()
     schema = schemathesis.openapi.from_dict(doc)
     for result in schema.get_all_operations():
         operation = result.ok()
 
         @settings(
-            max_examples=EXAMPLES_PER_OPERATION,
+            max_examples=examples,
             deadline=None,
             derandomize=True,
             database=None,
@@ -184,3 +189,25 @@ def test_both_servers_conform_to_the_document(servers: Servers) -> None:
     print("\n".join(report))
     assert total > 0
     assert not [line for line in report if line.startswith("  ")], "\n".join(report)
+
+
+def test_without_a_token_every_protected_operation_answers_401(servers: Servers) -> None:
+    """The same document, no credentials: 401 (documented, with the error shape) on every
+    operation that has a security requirement, and an answer on the open ones."""
+    status, doc = _get(servers.enforcement + "/api/v1/openapi.json")
+    assert status == 200
+    protected = {
+        f"{method.upper()} {path}"
+        for path, ops in doc["paths"].items()
+        for method, op in ops.items()
+        if op.get("security") != []
+    }
+    total = 0
+    for server, url in (("enforcement", servers.enforcement), ("projections", servers.projections)):
+        outcome = _exercise(_operations_of(doc, server), url, {}, examples=5)
+        total += outcome.cases
+        assert not outcome.failures, outcome.failures
+        for (label, code), _n in outcome.statuses.items():
+            assert (code == 401) == (label in protected), (server, label, code)
+    print(f"without a token: {total} cases")
+    assert total > 0
