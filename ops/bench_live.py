@@ -24,6 +24,7 @@ import orjson
 from ops.processes import harness_auth, rss_mb
 from ops.publish import make_producer
 from ops.workload import US, Workload, WorkloadSpec, iso_us, tenant_key
+from schemas.common import parse_time_us
 from streams.settings import Settings
 
 __all__ = ["live_section"]
@@ -32,7 +33,7 @@ __all__ = ["live_section"]
 def _event_time(text: str | None) -> float | None:
     if not text:
         return None
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    return parse_time_us(text) / 1_000_000
 
 
 class _Client:
