@@ -16,6 +16,7 @@ from projections import views
 from projections.exceptions import QueryError
 from projections.worker import ProjectionWorker
 from streams.auth import Access, middleware
+from streams.cors import cors_middleware
 from streams.errors import ApiError
 from streams.http_errors import api_error_response, error_middleware
 from streams.openapi import add_document_routes
@@ -131,7 +132,12 @@ def build_app(worker: ProjectionWorker, access: Access) -> web.Application:
 
     max_body = worker.settings.max_body_bytes
     app = web.Application(
-        middlewares=[error_middleware, middleware(access, max_body)], client_max_size=max_body
+        middlewares=[
+            cors_middleware(worker.settings.cors_origin_set),
+            error_middleware,
+            middleware(access, max_body),
+        ],
+        client_max_size=max_body,
     )
     add_document_routes(app.router)
     app.router.add_get("/api/v1/quotas/usage/{entity_id}/history", guarded(history))
