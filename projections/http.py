@@ -14,8 +14,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from projections import views
 from projections.exceptions import QueryError
+from projections.tenants import tenants_page
 from projections.worker import ProjectionWorker
-from streams.auth import Access, middleware
+from streams.auth import Access, authorize, middleware
 from streams.cors import cors_middleware
 from streams.errors import ApiError
 from streams.http_errors import api_error_response, error_middleware
@@ -113,6 +114,24 @@ def build_app(worker: ProjectionWorker, access: Access) -> web.Application:
         body["as_of"] = {"event_time": views.format_us(worker.state.watermark)}
         return body
 
+    def tenants(request: web.Request) -> dict[str, Any]:
+        """Every tenant for an admin; a tenant-scoped principal gets its own row only (or
+        none), never another tenant's."""
+        principal = access.principal(request)
+        authorize(principal, "read", principal.tenant)
+        q = request.query
+        body = tenants_page(
+            worker.state,
+            worker.catalogue,
+            only=principal.tenant,
+            page_size=q.get("page_size"),
+            page_token=q.get("page_token") or None,
+            sort=q.get("sort") or None,
+            q=q.get("q"),
+        )
+        body["as_of"] = views.as_of(worker.state, positions())
+        return body
+
     def pricing(request: web.Request) -> dict[str, Any]:
         return worker.catalogue.describe()
 
@@ -147,6 +166,7 @@ def build_app(worker: ProjectionWorker, access: Access) -> web.Application:
     app.router.add_get("/api/v1/quotas/cost/{entity_id}", guarded(cost))
     app.router.add_get("/api/v1/pricing", guarded(pricing))
     app.router.add_get("/api/v1/projections/status", guarded(status))
+    app.router.add_get("/api/v1/tenants", guarded(tenants))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
