@@ -5,6 +5,7 @@ middleware answers 401 without credentials, and a view about another tenant answ
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -14,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from projections import views
 from projections.exceptions import QueryError
+from projections.operations import open_violations_by_kind
 from projections.tenants import tenants_page
 from projections.worker import ProjectionWorker
 from streams.auth import Access, authorize, middleware
@@ -132,6 +134,21 @@ def build_app(worker: ProjectionWorker, access: Access) -> web.Application:
         body["as_of"] = views.as_of(worker.state, positions())
         return body
 
+    def operations_overview(request: web.Request) -> dict[str, Any]:
+        """Admin only: every tenant's figures (another role: 404, as for any data that spans
+        tenants)."""
+        access(request, None, "admin")
+        sampler = worker.sampler
+        sampled = sampler.sample.at if sampler.sample is not None else None
+        return {
+            "open_violations_by_kind": open_violations_by_kind(worker.state),
+            "dead_letters": worker.dead_letters.view(int(time.time() * 1000)),
+            "workers": sampler.view(),
+            "workers_sampled_at": views.format_us(int(sampled * 1e6)) if sampled else None,
+            "workers_error": sampler.error,
+            "as_of": views.as_of(worker.state, positions()),
+        }
+
     def pricing(request: web.Request) -> dict[str, Any]:
         return worker.catalogue.describe()
 
@@ -167,6 +184,7 @@ def build_app(worker: ProjectionWorker, access: Access) -> web.Application:
     app.router.add_get("/api/v1/pricing", guarded(pricing))
     app.router.add_get("/api/v1/projections/status", guarded(status))
     app.router.add_get("/api/v1/tenants", guarded(tenants))
+    app.router.add_get("/api/v1/operations/overview", guarded(operations_overview))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

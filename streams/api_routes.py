@@ -300,6 +300,10 @@ ROUTES: Final[tuple[Route, ...]] = (
           "Tenants by highest utilization, paged (a tenant-scoped token sees its own only)",
           {200: v.TenantsPage}, query=TenantsQuery, action="read", errors=(400,),
           tag="dashboard"),
+    Route("GET", "/api/v1/operations/overview", PROJECTIONS,
+          "Open violations by kind, dead letters of the last hour, the enforcement workers' "
+          "partitions, lag and rate (admin)",
+          {200: v.OperationsOverview}, action="admin", errors=(404,), tag="dashboard"),
     Route("GET", "/api/v1/projections/status", PROJECTIONS,
           "Positions and progress of the projection worker",
           {200: v.ProjectionStatus}, action="read", errors=(), tag="operations"),
