@@ -51,6 +51,8 @@ RECENT: Final = 20
 _MINUTE_MS: Final = 60_000
 _MAX_TEXT: Final = 512
 """Characters of a dead letter's message kept for the overview (the header holds up to 4 KiB)."""
+_MAX_PARSED: Final = 64 * 1024
+"""Bytes of a dead-lettered value parsed for its source, type and tenant (larger: not read)."""
 _MAX_REASONS: Final = 64
 """Distinct reasons counted per minute; more (never seen: reasons are a fixed set) are 'other'."""
 
@@ -81,8 +83,8 @@ def _original(
     binary mode's ``ce_*`` headers, else the structured JSON; None where it cannot."""
     source, type_ = _header(headers, "ce_source"), _header(headers, "ce_type")
     tenant: str | None = None
-    try:
-        body = orjson.loads(value) if value else None
+    try:  # a huge value is not parsed for three fields of an overview
+        body = orjson.loads(value) if value and len(value) <= _MAX_PARSED else None
     except orjson.JSONDecodeError:
         body = None
     if isinstance(body, dict):
@@ -121,7 +123,8 @@ class DeadLetters:
         if reason not in bucket and len(bucket) >= _MAX_REASONS:
             reason = "other"
         bucket[reason] = bucket.get(reason, 0) + 1
-        self._expire(now_ms)
+        if len(self.buckets) > 61:
+            self._expire(now_ms)
         if self.recent and time_ms < self.recent[0]["_ms"] and len(self.recent) == RECENT:
             return  # older than every one kept (records of partitions read out of order)
         source, type_, tenant = _original(value, headers)
