@@ -93,6 +93,8 @@ async def serve(
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     await worker.start()
+    if keep_running or not rebuild:
+        worker.start_operations()
     runner = web.AppRunner(build_app(worker, build_access(settings)), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, psettings.web_host, psettings.web_port)

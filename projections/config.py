@@ -40,3 +40,5 @@ class ProjectionSettings(BaseSettings):
     max_batch: int = Field(default=20_000, ge=1)
     #: send alerts and violations (off: views only)
     emit: bool = True
+    #: the operations overview samples the enforcement workers' consumer group this often
+    workers_sample_seconds: float = Field(default=5.0, ge=0.5, le=300)

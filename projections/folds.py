@@ -199,6 +199,11 @@ class ProjectionState:
     pending: dict[tuple[str, str | None, str | None, int], dict[str, list[int]]] = field(
         default_factory=dict
     )
+    #: Tenant-level usage "now", kept current by ``flush`` once the tenants list has asked for
+    #: a series (``projections.tenants``), so listing 10,000 tenants does not re-sum their
+    #: whole history: series -> [through minute, held level through it (micro-units), start
+    #: minute of the consumption window, consumed since then]. Derived, never stored.
+    now_cache: dict[SeriesKey, list[int]] = field(default_factory=dict, compare=False)
 
     def resource_types(self, entity: EntityKey) -> set[str]:
         """Resources the entity has a series or a quota for (an index, not a scan)."""
@@ -291,6 +296,7 @@ def flush(state: ProjectionState) -> None:
         return
     series = state.series
     dirty = state.dirty.series
+    cache = state.now_cache
     for (tenant, project, user, minute), per_rt in pending.items():
         for ent in _entities(tenant, project, user):
             t, lvl, e = ent
@@ -308,6 +314,13 @@ def flush(state: ProjectionState) -> None:
                     row[1] += w
                     row[2] += c
                 dirty.add((key, minute // DAY_MINUTES))
+                if cache:
+                    now = cache.get(key)
+                    if now is not None:
+                        if minute <= now[0]:
+                            now[1] += d
+                        if minute >= now[2]:
+                            now[3] += c
     pending.clear()
 
 

@@ -5,6 +5,7 @@ middleware answers 401 without credentials, and a view about another tenant answ
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -14,8 +15,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from projections import views
 from projections.exceptions import QueryError
+from projections.operations import open_violations_by_kind
+from projections.tenants import tenants_page
 from projections.worker import ProjectionWorker
-from streams.auth import Access, middleware
+from streams.auth import Access, authorize, middleware
+from streams.cors import cors_middleware
 from streams.errors import ApiError
 from streams.http_errors import api_error_response, error_middleware
 from streams.openapi import add_document_routes
@@ -112,6 +116,39 @@ def build_app(worker: ProjectionWorker, access: Access) -> web.Application:
         body["as_of"] = {"event_time": views.format_us(worker.state.watermark)}
         return body
 
+    def tenants(request: web.Request) -> dict[str, Any]:
+        """Every tenant for an admin; a tenant-scoped principal gets its own row only (or
+        none), never another tenant's."""
+        principal = access.principal(request)
+        authorize(principal, "read", principal.tenant)
+        q = request.query
+        body = tenants_page(
+            worker.state,
+            worker.catalogue,
+            only=principal.tenant,
+            page_size=q.get("page_size"),
+            page_token=q.get("page_token") or None,
+            sort=q.get("sort") or None,
+            q=q.get("q"),
+        )
+        body["as_of"] = views.as_of(worker.state, positions())
+        return body
+
+    def operations_overview(request: web.Request) -> dict[str, Any]:
+        """Admin only: every tenant's figures (another role: 404, as for any data that spans
+        tenants)."""
+        access(request, None, "admin")
+        sampler = worker.sampler
+        sampled = sampler.sample.at if sampler.sample is not None else None
+        return {
+            "open_violations_by_kind": open_violations_by_kind(worker.state),
+            "dead_letters": worker.dead_letters.view(int(time.time() * 1000)),
+            "workers": sampler.view(),
+            "workers_sampled_at": views.format_us(int(sampled * 1e6)) if sampled else None,
+            "workers_error": sampler.error,
+            "as_of": views.as_of(worker.state, positions()),
+        }
+
     def pricing(request: web.Request) -> dict[str, Any]:
         return worker.catalogue.describe()
 
@@ -131,7 +168,12 @@ def build_app(worker: ProjectionWorker, access: Access) -> web.Application:
 
     max_body = worker.settings.max_body_bytes
     app = web.Application(
-        middlewares=[error_middleware, middleware(access, max_body)], client_max_size=max_body
+        middlewares=[
+            cors_middleware(worker.settings.cors_origin_set),
+            error_middleware,
+            middleware(access, max_body),
+        ],
+        client_max_size=max_body,
     )
     add_document_routes(app.router)
     app.router.add_get("/api/v1/quotas/usage/{entity_id}/history", guarded(history))
@@ -141,6 +183,8 @@ def build_app(worker: ProjectionWorker, access: Access) -> web.Application:
     app.router.add_get("/api/v1/quotas/cost/{entity_id}", guarded(cost))
     app.router.add_get("/api/v1/pricing", guarded(pricing))
     app.router.add_get("/api/v1/projections/status", guarded(status))
+    app.router.add_get("/api/v1/tenants", guarded(tenants))
+    app.router.add_get("/api/v1/operations/overview", guarded(operations_overview))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -33,6 +33,7 @@ __all__ = [
     "STEPS",
     "Period",
     "analytics",
+    "as_of",
     "entity_key",
     "format_us",
     "history",
@@ -212,6 +213,10 @@ def _as_of(state: ProjectionState, positions: Mapping[str, Any] | None) -> dict[
         "event_time": format_us(state.watermark) if state.watermark else None,
         "offsets": dict(positions or {}),
     }
+
+
+as_of = _as_of
+"""What a view reflects: the watermark's event time and the input offsets."""
 
 
 def history(

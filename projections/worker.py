@@ -35,6 +35,7 @@ from projections.folds import (
     fold_violation,
 )
 from projections.metrics import ProjectionMetrics
+from projections.operations import DeadLetters, GroupSampler
 from projections.store import Position, RocksStore, ViewStore
 from schemas.codec import Decoded, decode
 from schemas.exceptions import DecodeError
@@ -108,6 +109,10 @@ class ProjectionWorker:
         topics = settings.topics
         self.inputs = (topics.resource_events, topics.quota_commands)
         self.violations_topic = topics.quota_violations
+        #: the operations overview's: the last hour of dead letters, the enforcement group
+        self.dead_letters = DeadLetters()
+        self.sampler = GroupSampler(settings, psettings.workers_sample_seconds)
+        self._operations: list[asyncio.Task[None]] = []
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -171,7 +176,22 @@ class ProjectionWorker:
             await self._consumer._client.force_metadata_update()
             await asyncio.sleep(0.2)
 
+    def start_operations(self) -> None:
+        """The overview's background tasks (``projections.operations``): off the fold loop;
+        their failures are logged and retried, never raised here."""
+        if not self._operations:
+            self._operations = [
+                asyncio.create_task(self.dead_letters.tail(self.settings)),
+                asyncio.create_task(self.sampler.run()),
+            ]
+
     async def stop(self) -> None:
+        for task in self._operations:
+            task.cancel()
+        for task in self._operations:
+            with contextlib.suppress(BaseException):
+                await task
+        self._operations = []
         self.commit()
         if self._forecast_task is not None:
             with contextlib.suppress(BaseException):

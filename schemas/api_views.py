@@ -29,6 +29,8 @@ __all__ = [
     "CommandAccepted",
     "CommandStatus",
     "CostResponse",
+    "DeadLetterRecord",
+    "DeadLetters",
     "ErrorBody",
     "ErrorDetail",
     "Health",
@@ -37,6 +39,7 @@ __all__ = [
     "InternalSystem",
     "InternalUsage",
     "OpenApiDocumentBody",
+    "OperationsOverview",
     "OverviewResponse",
     "PricingResponse",
     "ProjectionStatus",
@@ -54,8 +57,11 @@ __all__ = [
     "TemplateRecommendationResponse",
     "TemplateView",
     "TemplatesList",
+    "TenantRow",
+    "TenantsPage",
     "UtilizationResponse",
     "UtilizationRow",
+    "WorkerMember",
 ]
 
 Number = float
@@ -468,3 +474,80 @@ class ProjectionStatus(_View):
     positions: dict[str, int]
     behind_start_targets: dict[str, int]
     group_id: str
+
+
+# --- dashboard (projection workers, 6067) --------------------------------------------------------
+
+
+class TenantRow(_View):
+    tenant_id: TenantId
+    utilization: Number | None = Field(
+        description="the highest used / limit x 100 over the tenant-level quotas in force "
+        "(reservations not included); null without a quota, or with zero limits only"
+    )
+    resource_type: str | None = Field(description="the resource of that highest utilization")
+    resources: int = Field(description="tenant-level quotas in force")
+    open_violations: int = Field(description="violation episodes still open, every level")
+    cost_month_to_date: Number | None = Field(
+        description="in the pricing catalogue's currency, this UTC month up to the watermark"
+    )
+
+
+class TenantsPage(_View):
+    """``GET /api/v1/tenants``: an admin sees every tenant; any other role its own only."""
+
+    tenants: list[TenantRow]
+    total: int = Field(description="tenants matching the filter, over every page")
+    next_page_token: str | None = Field(description="opaque; null on the last page")
+    as_of: AsOf
+
+
+class DeadLetterRecord(_View):
+    time: str = Field(
+        description="when it was dead-lettered (the record's timestamp)",
+        json_schema_extra=_DATE_TIME,
+    )
+    reason: str = Field(description="error.reason")
+    message: str = Field(description="error.message")
+    source: str | None = Field(description="the CloudEvent source of the original, if readable")
+    type: str | None = Field(description="the CloudEvent type of the original, if readable")
+    tenant_id: str | None = Field(description="data.tenant_id of the original, if readable")
+    topic: str | None = Field(default=None, description="error.topic: where it was read")
+
+
+class DeadLetters(_View):
+    """The dead-letter topic over the last hour (bounded: see ``recent``)."""
+
+    total: int = Field(description="records dead-lettered in the last hour")
+    by_reason: dict[str, int]
+    recent: list[DeadLetterRecord] = Field(description="the newest first, at most 20")
+
+
+class WorkerMember(_View):
+    member_id: str
+    client_id: str
+    host: str
+    partitions: list[int] = Field(description="input partitions assigned (resource events)")
+    lag: int | None = Field(
+        description="Σ (high watermark - committed offset) over its assigned input partitions; "
+        "null before the first sample"
+    )
+    events_per_second: Number | None = Field(
+        description="growth of those committed offsets between the last two samples, per second; "
+        "null until two samples exist"
+    )
+
+
+class OperationsOverview(_View):
+    """``GET /api/v1/operations/overview`` (admin)."""
+
+    open_violations_by_kind: dict[str, int] = Field(description="open episodes, every tenant")
+    dead_letters: DeadLetters
+    workers: list[WorkerMember] = Field(description="the enforcement consumer group's members")
+    workers_sampled_at: str | None = Field(
+        default=None, description="when the group was last sampled", json_schema_extra=_DATE_TIME
+    )
+    workers_error: str | None = Field(
+        default=None, description="why the last sample failed, if it did"
+    )
+    as_of: AsOf

@@ -176,6 +176,17 @@ class LiveQuery(_Query):
     resource_type: ResourceType | None = Field(default=None, description="narrow to one resource")
 
 
+class TenantsQuery(_Query):
+    page_size: int | None = Field(default=None, ge=1, le=200, description="default 50")
+    page_token: str | None = Field(
+        default=None, description="next_page_token of the previous page (opaque)"
+    )
+    sort: Literal["utilization", "tenant_id"] | None = Field(
+        default=None, description="default utilization: the highest first (then tenant_id)"
+    )
+    q: str | None = Field(default=None, max_length=256, description="tenant id prefix")
+
+
 class BatchCheckAnswer(BaseModel):
     """``POST /api/v1/quotas/check:batch``: one entry per check, in order; a check with bad
     input gets its own error entry."""
@@ -285,6 +296,14 @@ ROUTES: Final[tuple[Route, ...]] = (
           {200: v.CostResponse}, query=ScopeQuery, action="read", tag="analytics"),
     Route("GET", "/api/v1/pricing", PROJECTIONS, "The pricing catalogue in force",
           {200: v.PricingResponse}, action="read", errors=(), tag="analytics"),
+    Route("GET", "/api/v1/tenants", PROJECTIONS,
+          "Tenants by highest utilization, paged (a tenant-scoped token sees its own only)",
+          {200: v.TenantsPage}, query=TenantsQuery, action="read", errors=(400,),
+          tag="dashboard"),
+    Route("GET", "/api/v1/operations/overview", PROJECTIONS,
+          "Open violations by kind, dead letters of the last hour, the enforcement workers' "
+          "partitions, lag and rate (admin)",
+          {200: v.OperationsOverview}, action="admin", errors=(404,), tag="dashboard"),
     Route("GET", "/api/v1/projections/status", PROJECTIONS,
           "Positions and progress of the projection worker",
           {200: v.ProjectionStatus}, action="read", errors=(), tag="operations"),

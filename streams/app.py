@@ -18,6 +18,7 @@ import orjson
 
 from streams import faust_compat
 from streams.auth import build_access
+from streams.cors import cors_middleware
 from streams.http_errors import error_middleware
 from streams.metrics import Metrics
 from streams.settings import Settings
@@ -50,9 +51,10 @@ class QuotaApp:
             # Faust's own /router and /table views would serve tenant state to anyone.
             web_router_enabled=False,
             web_tables_enabled=False,
-            # One error shape for every answer, also the router's own 404 and 405.
+            # CORS first (preflights before authentication; its headers on every answer), then
+            # one error shape for every answer, also the router's own 404 and 405.
             web_application_options={
-                "middlewares": [error_middleware],
+                "middlewares": [cors_middleware(settings.cors_origin_set), error_middleware],
                 "client_max_size": settings.max_body_bytes,
             },
             topic_partitions=settings.partitions,

@@ -41,8 +41,10 @@ __all__ = [
     "ACTIONS",
     "ANONYMOUS_ADMIN",
     "INTERNAL_HEADER",
+    "LIVE_PATH",
     "OPEN_PATHS",
     "ROLES",
+    "WS_PROTOCOL",
     "Access",
     "Action",
     "BearerAuth",
@@ -54,6 +56,8 @@ __all__ = [
     "authorize_limit_change",
     "build_access",
     "middleware",
+    "offered_protocols",
+    "ws_protocol_token",
 ]
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/api/v1/openapi.json", "/docs"})
@@ -170,9 +174,39 @@ def anonymous(request: Any) -> Principal:
     return ANONYMOUS_ADMIN
 
 
+LIVE_PATH = "/api/v1/quotas/live"
+WS_PROTOCOL = "novaquota"
+"""The WebSocket subprotocol the live feed selects; a browser, which cannot set
+``Authorization`` on a WebSocket, offers it with ``bearer.<token>`` (``ws_protocol_token``)."""
+WS_TOKEN_PREFIX = "bearer."
+
+
+def offered_protocols(request: Any) -> list[str]:
+    """The subprotocols a WebSocket upgrade offers (``Sec-WebSocket-Protocol``)."""
+    raw = request.headers.get("Sec-WebSocket-Protocol") or ""
+    return [p.strip() for p in raw.split(",") if p.strip()]
+
+
+def ws_protocol_token(request: Any) -> str | None:
+    """A browser's token on the live WebSocket: the offered subprotocols ``novaquota`` and
+    ``bearer.<token>``. Read only for the live path (nowhere else is a token taken from
+    anything but ``Authorization``, and never from the query string, which ends up in logs)."""
+    if getattr(request, "path", None) != LIVE_PATH:
+        return None
+    offered = offered_protocols(request)
+    if WS_PROTOCOL not in offered:
+        return None
+    tokens = [p[len(WS_TOKEN_PREFIX) :] for p in offered if p.startswith(WS_TOKEN_PREFIX)]
+    return tokens[0] if len(tokens) == 1 and tokens[0] else None
+
+
 def bearer_token(request: Any) -> str | None:
-    """The token of an ``Authorization: Bearer <token>`` header, else None."""
-    scheme, _, value = (request.headers.get("Authorization") or "").partition(" ")
+    """The token of an ``Authorization: Bearer <token>`` header; without that header, on the
+    live WebSocket only, the token a browser offers as a subprotocol; else None."""
+    header = request.headers.get("Authorization")
+    if header is None:
+        return ws_protocol_token(request)
+    scheme, _, value = header.partition(" ")
     value = value.strip()
     return value if scheme.lower() == "bearer" and value else None
 

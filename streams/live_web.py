@@ -34,6 +34,7 @@ from aiohttp import web as aioweb
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust import web
 
+from streams.auth import WS_PROTOCOL, offered_protocols
 from streams.errors import ApiError
 from streams.live import (
     LAGGING_CLOSE_CODE,
@@ -309,10 +310,19 @@ def register(qa: QuotaApp) -> None:
                 raise ApiError(503, "too_many_clients", "this worker serves enough live clients")
             if not hub.started.is_set():
                 raise ApiError(503, "unavailable", "the live feed is starting; retry")
+            offered = offered_protocols(request)
+            if offered and WS_PROTOCOL not in offered:
+                # refused before aiohttp would log the offered protocols (a token among them)
+                raise ApiError(400, "invalid_subprotocol", f"offer the subprotocol {WS_PROTOCOL!r}")
             buffer_bytes = qa.settings.live_socket_buffer_kb * 1024
-            # writer_limit: how much is written between two looks at the transport's buffer
+            # writer_limit: how much is written between two looks at the transport's buffer.
+            # protocols: a browser's offer (novaquota, bearer.<token>) gets novaquota back,
+            # never the token.
             ws = aioweb.WebSocketResponse(
-                heartbeat=30.0, max_msg_size=4096, writer_limit=buffer_bytes
+                heartbeat=30.0,
+                max_msg_size=4096,
+                writer_limit=buffer_bytes,
+                protocols=(WS_PROTOCOL,),
             )
             if not ws.can_prepare(request).ok:
                 raise ApiError(400, "websocket_required", "connect with a WebSocket upgrade")

@@ -133,6 +133,9 @@ class Settings(BaseSettings):
     internal_secret: SecretStr | None = None
     # Requests with a larger body answer 413.
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # Browser origins allowed to call the API (CORS, both ports), comma-separated, exactly as
+    # the browser sends them (https://dash.example.com); empty: no CORS headers at all.
+    cors_origins: str = ""
 
     # --- Live feed (/api/v1/quotas/live) ----------------------------------------------------
     # The owner of a tenant publishes coalesced usage snapshots for the feed (off: subscribers
@@ -197,6 +200,20 @@ class Settings(BaseSettings):
         if value not in ROLES:
             raise ValueError(f"auth_anonymous must be true, false or a role, not {v!r}")
         return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _cors_origins(cls, v: str) -> str:
+        from streams.cors import parse_origins
+
+        parse_origins(v)  # ValueError names the bad entry
+        return v
+
+    @property
+    def cors_origin_set(self) -> frozenset[str]:
+        from streams.cors import parse_origins
+
+        return parse_origins(self.cors_origins)
 
     @property
     def canonical_url(self) -> str:

@@ -48,7 +48,8 @@ PARTITIONS = 4
 @dataclass(frozen=True)
 class Case:
     """How to ask a route about tenant B; ``scope``: ``tenant`` (B's data: 404 for A's
-    token), ``internal`` (admins and peers only: 404), ``global`` (no tenant's data: 200)."""
+    token), ``internal`` (admins and peers only: 404), ``global`` (no tenant's data: 200),
+    ``own`` (a list: 200 for A's token, with nothing of B in it)."""
 
     path: str
     body: Any = None
@@ -117,6 +118,8 @@ PROJECTIONS: dict[tuple[str, str], Case] = {
     ("GET", "/api/v1/quotas/cost/{entity_id}"): Case(f"/api/v1/quotas/cost/{B}"),
     ("GET", "/api/v1/pricing"): Case("/api/v1/pricing", scope="global"),
     ("GET", "/api/v1/projections/status"): Case("/api/v1/projections/status", scope="global"),
+    ("GET", "/api/v1/tenants"): Case(f"/api/v1/tenants?q={B}", scope="own"),
+    ("GET", "/api/v1/operations/overview"): Case("/api/v1/operations/overview", scope="internal"),
 }
 
 
@@ -300,6 +303,8 @@ def test_a_tenant_token_never_reaches_another_tenant(dep: Deployment) -> None:
             where = (method, url + case.path, headers, body)
             if case.scope == "global":
                 assert status == 200, where
+            elif case.scope == "own":
+                assert status == 200 and B not in json.dumps(body), where
             else:
                 assert status == 404, where
                 assert body["error"]["code"] == "not_found", where
@@ -324,6 +329,12 @@ def test_a_tenant_token_reads_and_checks_its_own_tenant(dep: Deployment) -> None
         dep.projections + f"/api/v1/quotas/overview?entity_id={A}", "GET", token=dep.tenant_admin
     )
     assert status == 200, body
+    # the tenants list: A's own row for A's token, every tenant for an admin
+    url = dep.projections + "/api/v1/tenants?sort=tenant_id"
+    status, body, _ = call(url, "GET", token=dep.tenant_admin)
+    assert status == 200 and [r["tenant_id"] for r in body["tenants"]] == [A], body
+    status, body, _ = call(url, "GET", token=dep.creds.admin_token)
+    assert status == 200 and [r["tenant_id"] for r in body["tenants"]] == [A, B], body
 
 
 def test_a_request_to_a_worker_bound_to_any_interface_is_forwarded_to_the_owner(
