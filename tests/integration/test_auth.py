@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 import uuid
@@ -37,7 +33,7 @@ from streams.settings import Settings
 from streams.tokens import revoke_token
 from tests.integration.conftest import Stack
 from tests.support.events import command
-from tests.support.worker import Credentials, WorkerProcess, free_port
+from tests.support.worker import Credentials, ProjectionProcess, WorkerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -208,22 +204,15 @@ def dep(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         stack.workers.append(w)
         w.start()
     creds = stack.workers[0].credentials
-    port = free_port()
-    log = tmp / "projections.log"
-    env = {
-        **os.environ,
-        **creds.env(),
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "NOVAQUOTA_TOPIC_PREFIX": prefix,
-        "NOVAQUOTA_APP_ID": f"{prefix}enforcement",
-        "NOVAQUOTA_PARTITIONS": str(PARTITIONS),
-    }
-    argv = [sys.executable, "-m", "ops.cli", "projections", "run", "--port", str(port)]
-    argv += ["--data-dir", str(tmp / "projections"), "--no-emit"]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+    projections = ProjectionProcess(
+        bootstrap=kafka_bootstrap,
+        topic_prefix=prefix,
+        data_dir=tmp,
+        credentials=creds,
+        partitions=PARTITIONS,
+    ).start()
     dep = Deployment(
-        stack, creds, f"http://127.0.0.1:{port}", log, creds.token("a", "tenant-admin", A)
+        stack, creds, projections.url, projections.log_path, creds.token("a", "tenant-admin", A)
     )
     try:
         stack.produce("quota-commands", [_quota(A), _quota(B)])
@@ -231,8 +220,7 @@ def dep(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         stack.wait_for(lambda: _owners(dep) is not None, timeout=90)
         yield dep
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+        projections.stop()
         stack.stop()
 
 

@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +22,7 @@ from ops.topics import create_topics
 from tests.integration.conftest import Stack
 from tests.integration.test_auth import call
 from tests.support.events import cloudevent, command, vm_created
-from tests.support.worker import Credentials, WorkerProcess, free_port
+from tests.support.worker import Credentials, ProjectionProcess, WorkerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -73,24 +69,18 @@ def dep(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     )
     stack.workers.append(w)
     w.start()
-    creds = w.credentials
-    port = free_port()
-    log = tmp / "projections.log"
-    env = {
-        **os.environ,
-        **creds.env(),
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "NOVAQUOTA_TOPIC_PREFIX": prefix,
-        "NOVAQUOTA_APP_ID": f"{prefix}enforcement",
-        "NOVAQUOTA_PARTITIONS": str(PARTITIONS),
-        "NOVAQUOTA_CORS_ORIGINS": DASH,
-        "NOVAQUOTA_PROJECTIONS_WORKERS_SAMPLE_SECONDS": "1",
-    }
-    argv = [sys.executable, "-m", "ops.cli", "projections", "run", "--port", str(port)]
-    argv += ["--data-dir", str(tmp / "projections"), "--no-emit"]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
-    d = Deployment(stack, creds, f"http://127.0.0.1:{port}", log)
+    projections = ProjectionProcess(
+        bootstrap=kafka_bootstrap,
+        topic_prefix=prefix,
+        data_dir=tmp,
+        credentials=w.credentials,
+        partitions=PARTITIONS,
+        env={
+            "NOVAQUOTA_CORS_ORIGINS": DASH,
+            "NOVAQUOTA_PROJECTIONS_WORKERS_SAMPLE_SECONDS": "1",
+        },
+    ).start()
+    d = Deployment(stack, w.credentials, projections.url, projections.log_path)
     try:
         stack.produce("quota-commands", [_quota(t) for t in USED])
         stack.produce(
@@ -101,8 +91,7 @@ def dep(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         stack.wait_for(lambda: _listed(d) == 5, timeout=90)
         yield d
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+        projections.stop()
         stack.stop()
 
 

@@ -6,10 +6,6 @@ status. Failures are collected per operation and reported together, not shrunk."
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -26,7 +22,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from tests.integration.conftest import Stack
 from tests.support.events import command, vm_created
-from tests.support.worker import WorkerProcess, free_port
+from tests.support.worker import ProjectionProcess, WorkerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -65,28 +61,19 @@ def servers(stack_factory: Any, tmp_path: Path) -> Iterator[Servers]:
     stack: Stack = stack_factory(2)
     _seed(stack)
     enforcement: WorkerProcess = stack.start_worker()
-    port = free_port()
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap,
-        "NOVAQUOTA_TOPIC_PREFIX": stack.prefix,
-        "NOVAQUOTA_APP_ID": f"{stack.prefix}enforcement",
-        "NOVAQUOTA_PARTITIONS": "2",
-        **enforcement.credentials.env(),
-    }
-    argv = [sys.executable, "-m", "ops.cli", "projections", "run", "--port", str(port),
-            "--data-dir", str(tmp_path / "projections"), "--no-emit"]  # fmt: skip
-    log = open(tmp_path / "projections.log", "wb")  # noqa: SIM115 - handed to the child
-    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
-    projections = f"http://127.0.0.1:{port}"
+    projections = ProjectionProcess(
+        bootstrap=stack.bootstrap,
+        topic_prefix=stack.prefix,
+        data_dir=tmp_path,
+        credentials=enforcement.credentials,
+        partitions=2,
+    ).start()
     try:
-        stack.wait_for(lambda: _get(projections + "/readyz")[0] == 200, timeout=90)
+        stack.wait_for(projections.ready, timeout=90)
         bearer = {"authorization": f"Bearer {enforcement.credentials.admin_token}"}
-        yield Servers(enforcement.url, projections, bearer)
+        yield Servers(enforcement.url, projections.url, bearer)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
-        log.close()
+        projections.stop()
 
 
 def _get(url: str, method: str = "GET", headers: dict[str, str] | None = None) -> tuple[int, Any]:

@@ -18,7 +18,7 @@ from typing import Any
 
 from streams.tokens import create_token
 
-__all__ = ["Credentials", "WorkerProcess", "free_port", "provision"]
+__all__ = ["Credentials", "ProjectionProcess", "WorkerProcess", "free_port", "provision"]
 
 
 @dataclass(frozen=True)
@@ -174,4 +174,64 @@ class WorkerProcess:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)
+
+
+class ProjectionProcess:
+    """One ``novaquota projections run`` process reading a test deployment's topics, with the
+    deployment's credentials (its HTTP API authenticates like the enforcement workers')."""
+
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        topic_prefix: str,
+        data_dir: Path,
+        credentials: Credentials,
+        partitions: int = 4,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.port = free_port()
+        self.data_dir = data_dir / "projections"
+        self.log_path = data_dir / "projections.log"
+        self.env = {
+            **os.environ,
+            **credentials.env(),
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "NOVAQUOTA_TOPIC_PREFIX": topic_prefix,
+            "NOVAQUOTA_APP_ID": f"{topic_prefix}enforcement",
+            "NOVAQUOTA_PARTITIONS": str(partitions),
+            **(env or {}),
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ProjectionProcess:
+        argv = [sys.executable, "-m", "ops.cli", "projections", "run", "--port", str(self.port)]
+        argv += ["--data-dir", str(self.data_dir), "--no-emit"]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        return self
+
+    def ready(self) -> bool:
+        """``/readyz`` answers 200: caught up with the log."""
+        try:
+            with urllib.request.urlopen(self.url + "/readyz", timeout=5) as resp:
+                return int(resp.status) == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def stop(self, timeout: float = 60.0) -> None:
+        if not self.proc or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
             self.proc.wait(30)
