@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from projections import views
 from projections.exceptions import QueryError
+from projections.ui import add_ui_routes
 from projections.worker import ProjectionWorker
 from streams.auth import Access, middleware
 from streams.errors import ApiError
@@ -144,6 +145,7 @@ def build_app(worker: ProjectionWorker, access: Access) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    add_ui_routes(app.router, worker.settings)
     return app
 
 

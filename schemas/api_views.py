@@ -54,6 +54,7 @@ __all__ = [
     "TemplateRecommendationResponse",
     "TemplateView",
     "TemplatesList",
+    "UiConfig",
     "UtilizationResponse",
     "UtilizationRow",
 ]
@@ -287,6 +288,13 @@ class Readiness(_View):
     positions (``ProjectionStatus`` fields)."""
 
     ready: bool
+
+
+class UiConfig(_View):
+    """``/ui/config.json``: where the dashboard reaches the enforcement API and its WebSocket."""
+
+    api_url: str
+    live_url: str
 
 
 class Index(_View):
