@@ -208,7 +208,7 @@ function overviewPage() {
         h("table", { id: "workers" },
           h("thead", {}, h("tr", {}, ["Member", "Host", "Partitions", "Consumer lag", "Events/s"].map((c) => h("th", { scope: "col" }, c)))),
           h("tbody", {}, (ops.workers || []).map((w) => h("tr", {},
-            h("th", { scope: "row" }, w.client_id || w.member_id), h("td", {}, w.host),
+            h("th", { scope: "row", title: w.client_id }, w.member_id), h("td", {}, w.host),
             h("td", {}, (w.partitions || []).join(", ")), h("td", { class: "num" }, fmt(w.lag, 0)),
             h("td", { class: "num" }, fmt(w.events_per_second, 1))))))),
       section("Dead letters in the last hour", "h-dead",

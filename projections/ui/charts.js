@@ -33,7 +33,8 @@ export function historyChart(el, series, forecast) {
   }
   const col = (k) => times.map((t) => rows.get(t)[k]);
   const data = [times, col("used"), col("limit"), col("mean"), col("lower"), col("upper")];
-  const width = Math.max(280, Math.min(el.clientWidth || 640, 960));
+  const fit = () => Math.max(260, Math.min(el.clientWidth || 640, 960));
+  const width = fit();
   const opts = {
     width,
     height: 260,
@@ -51,6 +52,11 @@ export function historyChart(el, series, forecast) {
     legend: { live: false },
   };
   const chart = new uPlot(opts, data, el);
+  // follow the page's width (a phone turned, a window resized)
+  new ResizeObserver(() => {
+    const w = fit();
+    if (Math.abs(w - chart.width) > 4) chart.setSize({ width: w, height: opts.height });
+  }).observe(el);
   el.setAttribute("role", "img");
   const last = series.points.length ? series.points[series.points.length - 1] : null;
   el.setAttribute(

@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -256,6 +257,13 @@ def shot(page: Any, d: Deployment, name: str, full: bool = True) -> None:
     page.screenshot(path=str(d.shots / f"dashboard-{name}.png"), full_page=full)
 
 
+def publish(d: Deployment, events: list[dict[str, Any]]) -> None:
+    """Resource events to the broker, from another thread: Playwright's sync API keeps an event
+    loop running in this one."""
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(d.stack.produce, "resource-events", events).result()
+
+
 def bar_used(page: Any, key: str) -> str | None:
     return page.evaluate(
         'k => { const m = document.querySelector(`[data-key="${k}"] .meter`); '
@@ -333,13 +341,14 @@ def test_tenant_page_follows_usage_and_violations_live(dep: Deployment, page: An
     login(page, dep, dep.acme_viewer)
     assert page.url.endswith("#/tenant/acme")
     page.locator("#live-state", has_text="open").wait_for()
+    page.locator("[data-key='project|web|cpu'] .meter").wait_for()
     assert bar_used(page, "tenant|acme|cpu") == "6"
     assert bar_used(page, "project|web|cpu") == "6"
     page.locator("#history-chart canvas").wait_for()
     page.locator("#cost-mtd").wait_for()
 
     started = time.monotonic()
-    dep.stack.produce("resource-events", [vm_created("acme", "acme-live", cpu=3, memory=1024)])
+    publish(dep, [vm_created("acme", "acme-live", cpu=3, memory=1024)])
     page.wait_for_function(
         "() => document.querySelector('[data-key=\"tenant|acme|cpu\"] .meter')"
         "?.dataset.used === '9'",
@@ -349,14 +358,24 @@ def test_tenant_page_follows_usage_and_violations_live(dep: Deployment, page: An
     print(f"\nutilization bar updated {elapsed:.2f} s after the event was published")
 
     # over the memory quota (no burst): a violation opens, then resolves
-    dep.stack.produce("resource-events", [vm_created("acme", "acme-big", cpu=1, memory=70000)])
+    publish(dep, [vm_created("acme", "acme-big", cpu=1, memory=70000)])
     item = page.locator("#violations li[data-kind='over_limit']")
     item.wait_for(timeout=15_000)
     assert "memory" in item.inner_text()
+    page.wait_for_function(  # the bar follows (usage updates are coalesced up to a second)
+        "() => document.querySelector('[data-key=\"tenant|acme|memory\"] .meter')"
+        "?.dataset.used === '77168'",
+        timeout=15_000,
+    )
     shot(page, dep, "tenant")
-    dep.stack.produce("resource-events", [vm_deleted("acme", "acme-big")])
+    publish(dep, [vm_deleted("acme", "acme-big")])
     item.wait_for(state="detached", timeout=15_000)
     page.locator("#violations li.none").wait_for()
+    page.wait_for_function(
+        "() => document.querySelector('[data-key=\"tenant|acme|memory\"] .meter')"
+        "?.dataset.used === '7168'",
+        timeout=15_000,
+    )
 
     # a phone's width: the same page, one column
     page.set_viewport_size({"width": 390, "height": 844})
