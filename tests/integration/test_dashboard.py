@@ -257,6 +257,34 @@ def shot(page: Any, d: Deployment, name: str, full: bool = True) -> None:
     page.screenshot(path=str(d.shots / f"dashboard-{name}.png"), full_page=full)
 
 
+A11Y = """() => {
+  const problems = [];
+  if (!document.documentElement.lang) problems.push("no lang on <html>");
+  if (document.querySelectorAll("h1").length !== 1) problems.push("not exactly one h1");
+  for (const el of document.querySelectorAll("input, select, textarea")) {
+    if (!el.labels || !el.labels.length) problems.push(`no label: ${el.outerHTML.slice(0, 80)}`);
+  }
+  for (const el of document.querySelectorAll("button, a[href]")) {
+    const name = (el.getAttribute("aria-label") || el.textContent || "").trim();
+    if (!name) problems.push(`no accessible name: ${el.outerHTML.slice(0, 80)}`);
+  }
+  for (const el of document.querySelectorAll("[role=img]")) {
+    if (!el.getAttribute("aria-label")) problems.push(`role=img without a label: ${el.className}`);
+  }
+  for (const t of document.querySelectorAll("table")) {
+    if (!t.querySelector("th")) problems.push(`table without headers: ${t.id}`);
+  }
+  return problems;
+}"""
+"""What a screen reader needs of every page, checked in the page as rendered: a language, one
+h1, a label for every control, a name for every button and link, a text for every bar and
+chart, headers in tables."""
+
+
+def accessible(page: Any) -> None:
+    assert page.evaluate(A11Y) == []
+
+
 def publish(d: Deployment, events: list[dict[str, Any]]) -> None:
     """Resource events to the broker, from another thread: Playwright's sync API keeps an event
     loop running in this one."""
@@ -292,6 +320,7 @@ def test_the_shell_loads_without_a_token_and_refuses_a_wrong_one(
     status = page.locator("#login-status")
     status.filter(has_text="This token is not valid.").wait_for()
     assert page.evaluate("sessionStorage.length") == 0
+    accessible(page)
     shot(page, dep, "login", full=False)
     # the API next to the shell still wants a token
     assert _status(dep.projections + "/api/v1/projections/status") == 401
@@ -316,7 +345,10 @@ def test_a_tenant_token_reads_only_its_tenant_through_the_urls(dep: Deployment) 
 
 @needs_dashboard_api
 def test_operator_overview(dep: Deployment, page: Any) -> None:
+    started = time.monotonic()
     login(page, dep, dep.admin)
+    page.locator("#tenants tbody tr").first.wait_for()
+    print(f"\noverview: first tenants {time.monotonic() - started:.2f} s after logging in")
     assert page.url.endswith("#/overview")
     assert page.locator("#role").inner_text().startswith("admin")
     rows = page.locator("#tenants tbody tr")
@@ -333,6 +365,7 @@ def test_operator_overview(dep: Deployment, page: Any) -> None:
     )
     page.get_by_label("Find a tenant").fill("")
     rows.nth(2).wait_for()
+    accessible(page)
     shot(page, dep, "overview")
 
 
@@ -346,6 +379,7 @@ def test_tenant_page_follows_usage_and_violations_live(dep: Deployment, page: An
     assert bar_used(page, "project|web|cpu") == "6"
     page.locator("#history-chart canvas").wait_for()
     page.locator("#cost-mtd").wait_for()
+    accessible(page)
 
     started = time.monotonic()
     publish(dep, [vm_created("acme", "acme-live", cpu=3, memory=1024)])
@@ -405,6 +439,7 @@ def test_apply_a_template_in_the_editor_and_see_the_new_limits(dep: Deployment, 
     assert cpu.inner_text() == f"{float(developer['cpu'].limit):,.6f}".rstrip("0").rstrip(".")
     keys = set(page.locator("#quotas tbody tr").evaluate_all("rs => rs.map(r => r.dataset.key)"))
     assert {f"project|api|{r}" for r in developer} <= keys
+    accessible(page)
     shot(page, dep, "editor")
 
     # a rejected change shows the reason: a tenant-admin may not raise its tenant's quota
@@ -435,6 +470,7 @@ def test_tenant_a_cannot_see_tenant_b_in_the_ui(dep: Deployment, page: Any) -> N
     page.get_by_role("link", name="Audit").click()
     page.locator("#replay-command").wait_for()
     assert "--tenant acme" in page.locator("#replay-command").inner_text()
+    accessible(page)
     shot(page, dep, "audit", full=False)
     page.get_by_role("button", name="Log out").click()
     page.get_by_label("API token").wait_for()
