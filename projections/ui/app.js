@@ -252,6 +252,8 @@ const key = (level, entity, resource) => `${level}|${entity}|${resource}`;
 function tenantPage(tenant) {
   const tree = h("div", { id: "tree" }, h("p", {}, "Loading…"));
   const violations = h("ul", { id: "violations", "aria-live": "polite" });
+  const alerts = h("ol", { id: "tenant-alerts", class: "feed", "aria-live": "polite" },
+    h("li", { class: "none" }, "None since this page was opened."));
   const liveState = h("span", { id: "live-state", class: "pill" }, "connecting");
   const chartBox = h("div", { id: "history-chart", class: "chart" });
   const resourceSel = h("select", { id: "history-resource" });
@@ -266,7 +268,9 @@ function tenantPage(tenant) {
     section("Quotas and usage", "h-tree", h("p", { class: "legend" },
       h("span", { class: "key used" }), " used ", h("span", { class: "key reserved" }), " reserved ",
       h("span", { class: "key burst" }), " burst band ", h("span", { class: "key limit" }), " limit"), tree),
-    section("Open violations", "h-open", violations),
+    h("div", { class: "grid" },
+      section("Open violations", "h-open", violations),
+      section("Alerts (live)", "h-tenant-alerts", alerts)),
     section("Usage history", "h-history",
       h("div", { class: "filters" },
         h("label", { for: "history-resource" }, "Resource"), resourceSel,
@@ -429,6 +433,12 @@ function tenantPage(tenant) {
         violations.prepend(li);
       }
       showEmpty();
+    } else if (msg.type === "alert" || msg.type === "cost_alert") {
+      for (const li of [...alerts.children]) if (li.classList.contains("none")) li.remove();
+      alerts.prepend(h("li", { dataset: { kind: d.kind } },
+        h("time", { datetime: d.detected_at, title: d.detected_at }, new Date().toLocaleTimeString()),
+        ` ${d.severity || ""} ${d.kind} · ${d.resource_type || ""} at ${d.level || ""} ${d.entity_id || ""}: ${d.message || ""}`));
+      while (alerts.children.length > 50) alerts.lastChild.remove();
     } else if (msg.type === "violation_resolved") {
       const li = open.get(d.violation_id);
       if (li) li.remove();

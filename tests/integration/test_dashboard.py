@@ -396,6 +396,10 @@ def test_tenant_page_follows_usage_and_violations_live(dep: Deployment, page: An
     item = page.locator("#violations li[data-kind='over_limit']")
     item.wait_for(timeout=15_000)
     assert "memory" in item.inner_text()
+    # memory went from 11 % to 118 %: the threshold alert arrives in the live feed
+    alert = page.locator("#tenant-alerts li[data-kind='threshold']").first
+    alert.wait_for(timeout=15_000)
+    assert "memory" in alert.inner_text()
     page.wait_for_function(  # the bar follows (usage updates are coalesced up to a second)
         "() => document.querySelector('[data-key=\"tenant|acme|memory\"] .meter')"
         "?.dataset.used === '77168'",
