@@ -446,8 +446,22 @@ def test_apply_a_template_in_the_editor_and_see_the_new_limits(dep: Deployment, 
     accessible(page)
     shot(page, dep, "editor")
 
-    # a rejected change shows the reason: a tenant-admin may not raise its tenant's quota
+    # set a project's quota through the form, then suspend it from its row
     form = page.locator("#quota-form")
+    form.get_by_label("Level").select_option("project")
+    form.get_by_label("Entity id").fill("web")
+    form.get_by_label("Resource").select_option("memory")
+    form.get_by_label("Limit", exact=True).fill("2048")
+    page.get_by_role("button", name="Set quota").click()
+    row = page.locator("#quotas tr[data-key='project|web|memory']")
+    row.wait_for()
+    assert status.get_attribute("data-status") == "applied", status.inner_text()
+    assert row.locator("td.limit").inner_text() == "2,048"
+    row.get_by_role("button", name="Suspend memory of project web").click()
+    row.locator("td", has_text="suspended").wait_for()
+    assert status.get_attribute("data-status") == "applied", status.inner_text()
+
+    # a refused change shows the reason: a tenant-admin may not raise its tenant's quota
     form.get_by_label("Level").select_option("tenant")
     form.get_by_label("Resource").select_option("cpu")
     form.get_by_label("Limit", exact=True).fill("1000")
