@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install fmt lint typecheck test test-unit tools demo up down topics clean
+.PHONY: help install fmt lint typecheck test test-unit tools browser screenshots demo up down topics clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -29,8 +29,20 @@ lint: $(STAMP) ## lint (ruff)
 typecheck: $(STAMP) ## type-check (mypy)
 	$(VENV)/bin/mypy
 
-test: $(STAMP) tools ## the whole test suite; starts the local broker if none answers
+test: $(STAMP) tools browser ## the whole test suite; starts the local broker if none answers
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+CHROMIUM ?= /usr/bin/chromium
+browser: ## Debian's chromium for the dashboard tests (apt-get; Playwright drives it, no download)
+	@test -x $(CHROMIUM) || { \
+	  echo "installing chromium (apt-get) ..."; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+	@test -x $(CHROMIUM)
+
+screenshots: $(STAMP) browser ## the dashboard tests, saving each page's screenshot into docs/img/
+	NOVAQUOTA_UI_SCREENSHOTS=docs/img $(PY) -m pytest tests/integration/test_dashboard.py $(PYTEST_ARGS)
 
 tools: ## promtool for the alert-rule tests (built once with Go; fetches Go if missing)
 	@bash ops/tools/promtool.sh >/dev/null

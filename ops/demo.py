@@ -6,7 +6,8 @@ Ctrl-C (or ``--duration``) stops it all: the workload, the projection worker, th
 worker and, if the demo started it, the broker. Nothing is left running.
 
 The API needs a token: the demo makes an admin token named ``demo`` in the token file (replacing
-the previous run's) and prints how to call the API with it.
+the previous run's) and prints how to call the API with it, and the dashboard's URL (served by
+the projection worker at ``/ui/``; log in with that token). No browser is opened.
 """
 
 from __future__ import annotations
@@ -325,7 +326,17 @@ def run_demo(settings: Settings, opts: DemoOptions) -> int:
             started_broker = True
         asyncio.run(create_topics(settings))
         url = f"http://{settings.web_host}:{settings.web_port}"
-        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers}
+        dashboard = f"http://127.0.0.1:{opts.projections_port}"
+        env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+            # the dashboard (on the projection worker) reads the enforcement API from its page
+            "NOVAQUOTA_CORS_ORIGINS": os.environ.get(
+                "NOVAQUOTA_CORS_ORIGINS",
+                f"{dashboard},http://localhost:{opts.projections_port}",
+            ),
+            "NOVAQUOTA_UI_API_URL": os.environ.get("NOVAQUOTA_UI_API_URL", url),
+        }
         worker_log = opts.log_dir / "worker.log"
         worker = spawn("ops.cli", ("worker",), env, worker_log)
         print(f"worker starting (log: {worker_log}) ...", flush=True)
@@ -346,9 +357,14 @@ def run_demo(settings: Settings, opts: DemoOptions) -> int:
             f"metrics:     {url}/metrics",
             note,
         ]
+        if projections:
+            urls.append(
+                f"dashboard:   {dashboard}/ui/   (log in with the token above; "
+                "no browser is opened)"
+            )
         print("\n".join(urls), flush=True)
         where = f"API {url}/api/v1/...   metrics {url}/metrics   " + (
-            f"projections http://127.0.0.1:{opts.projections_port}" if projections else ""
+            f"dashboard {dashboard}/ui/" if projections else ""
         )
         asyncio.run(_drive(settings, url, token, opts, [where.rstrip()]))
     except KeyboardInterrupt:

@@ -17,6 +17,7 @@ from projections import views
 from projections.exceptions import QueryError
 from projections.operations import open_violations_by_kind
 from projections.tenants import tenants_page
+from projections.ui import add_ui_routes
 from projections.worker import ProjectionWorker
 from streams.auth import Access, authorize, middleware
 from streams.cors import cors_middleware
@@ -188,6 +189,7 @@ def build_app(worker: ProjectionWorker, access: Access) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    add_ui_routes(app.router, worker.settings)
     return app
 
 

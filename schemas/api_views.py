@@ -59,6 +59,7 @@ __all__ = [
     "TemplatesList",
     "TenantRow",
     "TenantsPage",
+    "UiConfig",
     "UtilizationResponse",
     "UtilizationRow",
     "WorkerMember",
@@ -293,6 +294,13 @@ class Readiness(_View):
     positions (``ProjectionStatus`` fields)."""
 
     ready: bool
+
+
+class UiConfig(_View):
+    """``/ui/config.json``: where the dashboard reaches the enforcement API and its WebSocket."""
+
+    api_url: str
+    live_url: str
 
 
 class Index(_View):

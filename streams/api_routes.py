@@ -54,6 +54,8 @@ TEXT: Final = "text/plain"
 SWITCHING: Final = "websocket"
 """101: the connection becomes a WebSocket; no body."""
 HTML: Final = "text/html"
+ASSET: Final = "text/javascript"
+"""The dashboard's files: scripts (text/javascript), styles (text/css), text."""
 
 Body = type[BaseModel] | str
 """A JSON response model, or the media type of a non-JSON body."""
@@ -307,6 +309,16 @@ ROUTES: Final[tuple[Route, ...]] = (
     Route("GET", "/api/v1/projections/status", PROJECTIONS,
           "Positions and progress of the projection worker",
           {200: v.ProjectionStatus}, action="read", errors=(), tag="operations"),
+    # the dashboard (projections.ui): a static shell, open; its figures come from the routes
+    # above, called by the page with the user's token
+    Route("GET", "/ui/", PROJECTIONS, "The dashboard (an HTML page; no data in it)",
+          {200: HTML}, errors=(), tag="dashboard"),
+    Route("GET", "/ui/config.json", PROJECTIONS,
+          "Where the dashboard finds the enforcement API (NOVAQUOTA_UI_API_URL); no secrets",
+          {200: v.UiConfig}, errors=(), tag="dashboard"),
+    Route("GET", "/ui/{path}", PROJECTIONS,
+          "The dashboard's scripts, styles and vendored chart library",
+          {200: ASSET}, errors=(404,), tag="dashboard"),
     # both servers
     Route("GET", "/healthz", BOTH, "Liveness", {200: v.Health, 503: v.Health}, errors=(),
           tag="operations"),

@@ -43,6 +43,7 @@ __all__ = [
     "INTERNAL_HEADER",
     "LIVE_PATH",
     "OPEN_PATHS",
+    "OPEN_PREFIXES",
     "ROLES",
     "WS_PROTOCOL",
     "Access",
@@ -63,6 +64,10 @@ __all__ = [
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/api/v1/openapi.json", "/docs"})
 """Answer without credentials: probes and the Prometheus scraper carry none, and the API's
 description (no tenant data) is read by browsers and client generators before they hold a token."""
+OPEN_PREFIXES = ("/ui/",)
+"""Open too, with everything under them: the dashboard's static shell and assets
+(``projections.ui``) hold no data; the page reads every figure from the API with the user's own
+token."""
 INTERNAL_PREFIX = "/internal/"
 INTERNAL_HEADER = "X-Novaquota-Internal"
 
@@ -358,12 +363,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def middleware(access: Access, max_body_bytes: int | None = None) -> Any:
     """aiohttp middleware of both servers: authenticate every request but those to
-    ``OPEN_PATHS`` (401 without valid credentials), and refuse a declared body above
-    ``max_body_bytes`` (413) before anything reads it."""
+    ``OPEN_PATHS`` and under ``OPEN_PREFIXES`` (401 without valid credentials), and refuse a
+    declared body above ``max_body_bytes`` (413) before anything reads it."""
 
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in OPEN_PATHS:
+        if request.path in OPEN_PATHS or request.path.startswith(OPEN_PREFIXES):
             return await handler(request)
         try:
             if request.path.startswith(INTERNAL_PREFIX):

@@ -148,6 +148,12 @@ class Settings(BaseSettings):
     live_socket_buffer_kb: int = Field(default=64, ge=4, le=16_384)
     live_max_clients: int = Field(default=1000, ge=0)
 
+    # --- Dashboard (/ui/ on the projection workers) -----------------------------------------
+    # Where the browser reaches the enforcement API (checks, quotas, the live WebSocket); the
+    # page reads it from /ui/config.json. Unset: http://<the host the page was loaded from>:
+    # <web_port>. That origin must be in the enforcement workers' NOVAQUOTA_CORS_ORIGINS.
+    ui_api_url: str | None = None
+
     # --- Observability ----------------------------------------------------------------------
     log_format: str = "json"  # json or text (any case)
     metrics_top_n: int = Field(default=50, ge=0)  # per-entity series: the N most utilized

@@ -104,6 +104,13 @@ ENFORCEMENT: dict[tuple[str, str], Case] = {
     ("GET", "/internal/system"): Case("/internal/system", scope="internal"),
     ("GET", "/"): Case("/", scope="global"),  # Faust's index: {"status": "OK"}
 }
+UI_ROUTES: dict[tuple[str, str], str] = {
+    ("GET", "/ui/"): "/ui/",
+    ("GET", "/ui/config.json"): "/ui/config.json",
+    ("GET", "/ui/{path}"): "/ui/app.js",
+}
+"""The dashboard (projections.ui): open on the projection workers, as static files are."""
+
 PROJECTIONS: dict[tuple[str, str], Case] = {
     ("GET", "/api/v1/quotas/usage/{entity_id}/history"): Case(f"/api/v1/quotas/usage/{B}/history"),
     ("GET", "/api/v1/quotas/analytics/{entity_id}"): Case(f"/api/v1/quotas/analytics/{B}"),
@@ -255,7 +262,7 @@ def test_the_route_table_names_every_route(tmp_path: Path) -> None:
     """A route missing here would escape the tests below: name it and its tenant rule."""
     open_routes = {("GET", p) for p in OPEN_PATHS}
     assert enforcement_routes(tmp_path) == set(ENFORCEMENT) | open_routes
-    assert projection_routes() == set(PROJECTIONS) | open_routes
+    assert projection_routes() == set(PROJECTIONS) | open_routes | set(UI_ROUTES)
 
 
 def _cases(dep: Deployment) -> Iterator[tuple[str, str, Case]]:
@@ -277,6 +284,8 @@ def test_without_credentials_every_route_but_probes_answers_401(dep: Deployment)
     for url in dep.servers:
         for path in sorted(OPEN_PATHS):
             assert call(url + path, "GET")[0] == 200, url + path
+    for path in UI_ROUTES.values():  # the dashboard's shell: no data in it
+        assert call(dep.projections + path, "GET")[0] == 200, path
 
 
 def test_a_tenant_token_never_reaches_another_tenant(dep: Deployment) -> None:

@@ -83,7 +83,7 @@ def _check_clean_exit(proc: subprocess.Popen[bytes], prefix: str, tmp_path: Path
     out = _output(tmp_path)
     assert rc == 0, out
     assert "demo stopped; nothing left running" in out
-    for label in ("API:", "metrics:", "projections:"):
+    for label in ("API:", "metrics:", "projections:", "dashboard:   http://127.0.0.1:"):
         assert label in out, out
     assert _ours(prefix) == [], f"left running: {_ours(prefix)}\n{out}"
     return out

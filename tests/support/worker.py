@@ -190,8 +190,9 @@ class ProjectionProcess:
         credentials: Credentials,
         partitions: int = 4,
         env: dict[str, str] | None = None,
+        port: int | None = None,
     ) -> None:
-        self.port = free_port()
+        self.port = port or free_port()
         self.data_dir = data_dir / "projections"
         self.log_path = data_dir / "projections.log"
         self.env = {
