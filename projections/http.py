@@ -19,7 +19,7 @@ from projections.operations import open_violations_by_kind
 from projections.tenants import tenants_page
 from projections.ui import add_ui_routes
 from projections.worker import ProjectionWorker
-from streams.auth import Access, authorize, middleware
+from streams.auth import Access, add_whoami_route, authorize, middleware
 from streams.cors import cors_middleware
 from streams.errors import ApiError
 from streams.http_errors import api_error_response, error_middleware
@@ -177,6 +177,7 @@ def build_app(worker: ProjectionWorker, access: Access) -> web.Application:
         client_max_size=max_body,
     )
     add_document_routes(app.router)
+    add_whoami_route(app.router, access)
     app.router.add_get("/api/v1/quotas/usage/{entity_id}/history", guarded(history))
     app.router.add_get("/api/v1/quotas/analytics/{entity_id}", guarded(analytics))
     app.router.add_get("/api/v1/quotas/overview", guarded(overview))

@@ -62,6 +62,7 @@ __all__ = [
     "UiConfig",
     "UtilizationResponse",
     "UtilizationRow",
+    "WhoAmI",
     "WorkerMember",
 ]
 
@@ -274,6 +275,17 @@ class CommandStatus(_View):
     reason: str | None = Field(default=None, description="rejected: the dead-letter reason")
     message: str | None = None
     as_of: AsOf | None = None
+
+
+class WhoAmI(_View):
+    """The caller's principal (``GET /api/v1/auth/whoami``)."""
+
+    subject: str = Field(description="as the audit topic records it: token:<name>, jwt:<sub>")
+    role: Literal["admin", "tenant-admin", "viewer", "service"]
+    tenant_id: str | None = Field(description="the one tenant it acts for; null for an admin")
+    actions: list[Literal["read", "check", "write", "admin"]] = Field(
+        description="what the role may do (streams.auth.ALLOWED)"
+    )
 
 
 class ReleasedGrant(_View):

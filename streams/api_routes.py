@@ -326,6 +326,8 @@ ROUTES: Final[tuple[Route, ...]] = (
           {200: v.Readiness, 503: v.Readiness}, errors=(), tag="operations"),
     Route("GET", "/metrics", BOTH, "Prometheus metrics (text exposition)", {200: TEXT},
           errors=(), tag="operations"),
+    Route("GET", "/api/v1/auth/whoami", BOTH, "The caller's principal: subject, role, tenant",
+          {200: v.WhoAmI}, action="read", errors=(), tag="operations"),
     Route("GET", "/api/v1/openapi.json", BOTH, "This document (the same on both ports)",
           {200: v.OpenApiDocumentBody}, errors=(), tag="operations"),
     Route("GET", "/docs", BOTH, "This document as a readable HTML page", {200: HTML},

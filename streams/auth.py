@@ -45,6 +45,7 @@ __all__ = [
     "OPEN_PATHS",
     "OPEN_PREFIXES",
     "ROLES",
+    "WHOAMI_PATH",
     "WS_PROTOCOL",
     "Access",
     "Action",
@@ -52,6 +53,7 @@ __all__ = [
     "JwtVerifier",
     "Principal",
     "Role",
+    "add_whoami_route",
     "anonymous",
     "authorize",
     "authorize_limit_change",
@@ -388,6 +390,27 @@ def middleware(access: Access, max_body_bytes: int | None = None) -> Any:
 Ceiling = tuple[int, int] | None
 """What a quota lets through, in micro-units: (limit, burst limit or limit). None: no quota in
 force (none set, or suspended), so nothing is limited."""
+
+
+WHOAMI_PATH = "/api/v1/auth/whoami"
+
+
+def add_whoami_route(router: web.UrlDispatcher, access: Access) -> None:
+    """``GET /api/v1/auth/whoami`` on an aiohttp router (both servers): the caller's principal
+    and what its role allows, so a client (the dashboard) learns who a token is without
+    probing. Any authenticated caller; it reveals nothing the token's holder does not know."""
+
+    async def whoami(request: web.Request) -> web.Response:
+        principal = access.principal(request)  # the middleware has authenticated it
+        body = {
+            "subject": principal.subject,
+            "role": principal.role,
+            "tenant_id": principal.tenant,
+            "actions": sorted(ALLOWED[principal.role]),
+        }
+        return web.json_response(body)
+
+    router.add_get(WHOAMI_PATH, whoami)
 
 
 def authorize_limit_change(

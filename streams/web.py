@@ -23,7 +23,7 @@ from schemas.common import format_time_us
 from streams import observe
 from streams import quota as q
 from streams.app import tables_recovered
-from streams.auth import middleware
+from streams.auth import add_whoami_route, middleware
 from streams.errors import ApiError
 from streams.openapi import add_document_routes
 
@@ -120,6 +120,7 @@ def register(qa: QuotaApp) -> None:
 
     manage.register(qa, json_response)
     add_document_routes(web_app.router)
+    add_whoami_route(web_app.router, qa.access)
 
     def error(view: web.View, exc: ApiError) -> web.Response:
         return json_response(exc.body(), status=exc.status, headers=exc.headers())

@@ -127,32 +127,15 @@ export function live(tenantId, onMessage, onState) {
   };
 }
 
-// Who is this token? Read from the API only:
-//  - valid at all: /api/v1/projections/status (any role; 401 otherwise);
-//  - admin: /api/v1/operations/overview answers (admin only; 404 for a tenant's token);
-//  - a tenant's token: /api/v1/tenants lists its own tenant only;
-//  - may it change quotas: POST /api/v1/quotas with an incomplete body is authorized before it
-//    is validated, so a role that may write gets 400 and one that may not gets 403; nothing is
-//    published either way.
+// Who is this token? GET /api/v1/auth/whoami (any authenticated caller; 401 otherwise): its
+// role, its tenant (none for an admin) and the actions the role allows.
 export async function identify(token) {
-  await projections.get("/api/v1/projections/status", {}, token);
-  try {
-    await projections.get("/api/v1/operations/overview", {}, token);
-    return { role: "admin", tenant: null, canWrite: true };
-  } catch (err) {
-    if (err.status !== 404) throw err;
+  const me = await projections.get("/api/v1/auth/whoami", {}, token);
+  const canWrite = me.actions.includes("write");
+  if (me.role !== "admin" && !me.tenant_id) {
+    throw new ApiError(404, "no_tenant", "this token sees no tenant");
   }
-  const page = await projections.get("/api/v1/tenants", { page_size: 1 }, token);
-  const tenant = page.tenants && page.tenants[0] && page.tenants[0].tenant_id;
-  if (!tenant) throw new ApiError(404, "no_tenant", "this token sees no tenant");
-  let canWrite = false;
-  try {
-    await call(config.api_url, "POST", "/api/v1/quotas", { tenant_id: tenant }, {}, token);
-  } catch (err) {
-    if (err.status === 400) canWrite = true;
-    else if (err.status !== 403) throw err;
-  }
-  return { role: canWrite ? "tenant-admin" : "viewer or service", tenant, canWrite };
+  return { role: me.role, tenant: me.tenant_id, canWrite, subject: me.subject };
 }
 
 // A management command's status until it is applied or rejected: GET /api/v1/commands/{id}

@@ -100,6 +100,7 @@ ENFORCEMENT: dict[tuple[str, str], Case] = {
     ),
     ("GET", "/api/v1/commands/{command_id}"): Case(f"/api/v1/commands/c1?tenant_id={B}"),
     ("GET", "/api/v1/quotas/live"): Case(f"/api/v1/quotas/live?entity_id={B}"),
+    ("GET", "/api/v1/auth/whoami"): Case("/api/v1/auth/whoami", scope="global"),
     ("GET", "/internal/usage"): Case("/internal/usage", scope="internal"),
     ("GET", "/internal/system"): Case("/internal/system", scope="internal"),
     ("GET", "/"): Case("/", scope="global"),  # Faust's index: {"status": "OK"}
@@ -120,6 +121,7 @@ PROJECTIONS: dict[tuple[str, str], Case] = {
     ),
     ("GET", "/api/v1/quotas/cost/{entity_id}"): Case(f"/api/v1/quotas/cost/{B}"),
     ("GET", "/api/v1/pricing"): Case("/api/v1/pricing", scope="global"),
+    ("GET", "/api/v1/auth/whoami"): Case("/api/v1/auth/whoami", scope="global"),
     ("GET", "/api/v1/projections/status"): Case("/api/v1/projections/status", scope="global"),
     ("GET", "/api/v1/tenants"): Case(f"/api/v1/tenants?q={B}", scope="own"),
     ("GET", "/api/v1/operations/overview"): Case("/api/v1/operations/overview", scope="internal"),
@@ -310,6 +312,15 @@ def test_a_tenant_token_never_reaches_another_tenant(dep: Deployment) -> None:
 
 
 def test_a_tenant_token_reads_and_checks_its_own_tenant(dep: Deployment) -> None:
+    for url in dep.servers:
+        status, body, _ = call(url + "/api/v1/auth/whoami", "GET", token=dep.tenant_admin)
+        assert (status, body["role"], body["tenant_id"], body["subject"]) == (
+            200,
+            "tenant-admin",
+            A,
+            "token:a",
+        )
+        assert body["actions"] == ["check", "read", "write"]
     for w in dep.stack.workers:
         status, body, _ = call(
             w.url + f"/api/v1/quotas?tenant_id={A}", "GET", token=dep.tenant_admin
