@@ -42,3 +42,8 @@ class ProjectionSettings(BaseSettings):
     emit: bool = True
     #: the operations overview samples the enforcement workers' consumer group this often
     workers_sample_seconds: float = Field(default=5.0, ge=0.5, le=300)
+    #: ``GET /api/v1/audit`` reads at most this many records of the log per request
+    audit_scan_max: int = Field(default=50_000, ge=1_000, le=10_000_000)
+    #: ``GET /api/v1/replay/report``: replays running at once (more: 503), and each one's limit
+    replay_max_concurrent: int = Field(default=2, ge=0, le=64)
+    replay_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)

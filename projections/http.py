@@ -14,6 +14,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from projections import views
+from projections.audit import parse_query
 from projections.exceptions import QueryError
 from projections.operations import open_violations_by_kind
 from projections.tenants import tenants_page
@@ -66,6 +67,47 @@ def build_app(worker: ProjectionWorker, access: Access) -> web.Application:
                 return api_error_response(exc)
 
         return handler
+
+    def tenant_of(request: web.Request) -> str:
+        tenant = request.query.get("tenant_id")
+        if not tenant:
+            raise QueryError("missing_tenant_id", "tenant_id is required")
+        access(request, tenant, "read")
+        return tenant
+
+    async def audit(request: web.Request) -> web.StreamResponse:
+        """A tenant's audit records, newest written first, filtered and paged
+        (``projections.audit``)."""
+        try:
+            tenant = tenant_of(request)
+            body = await worker.audit.page(parse_query(request.query, tenant))
+            return _json(body)
+        except QueryError as exc:
+            return _error(exc)
+        except ApiError as exc:
+            return api_error_response(exc)
+
+    async def replay_report(request: web.Request) -> web.StreamResponse:
+        """``novaquota replay --until T --tenant ID --format html|json``, run by this worker."""
+        try:
+            tenant = tenant_of(request)
+            until = views.parse_time(request.query.get("until"), "until")
+            if until is None:
+                raise QueryError("missing_until", "until is required (RFC 3339 or epoch seconds)")
+            fmt = request.query.get("format") or "html"
+            if fmt not in ("html", "json"):
+                raise QueryError("invalid_format", "format: html or json")
+            data = await worker.replays.report(tenant, until, fmt)
+        except QueryError as exc:
+            return _error(exc)
+        except ApiError as exc:
+            return api_error_response(exc)
+        return web.Response(
+            body=data,
+            content_type="text/html" if fmt == "html" else "application/json",
+            charset="utf-8",
+            headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
+        )
 
     def history(request: web.Request) -> dict[str, Any]:
         q = request.query
@@ -187,6 +229,8 @@ def build_app(worker: ProjectionWorker, access: Access) -> web.Application:
     app.router.add_get("/api/v1/projections/status", guarded(status))
     app.router.add_get("/api/v1/tenants", guarded(tenants))
     app.router.add_get("/api/v1/operations/overview", guarded(operations_overview))
+    app.router.add_get("/api/v1/audit", audit)
+    app.router.add_get("/api/v1/replay/report", replay_report)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -22,6 +22,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
+from projections.audit import AuditReader, ReplayReports
 from projections.config import ProjectionSettings
 from projections.cost import Catalogue, load_catalogue
 from projections.emit import Emission, budget_outputs, forecast_alerts, forecast_jobs
@@ -113,6 +114,13 @@ class ProjectionWorker:
         self.dead_letters = DeadLetters()
         self.sampler = GroupSampler(settings, psettings.workers_sample_seconds)
         self._operations: list[asyncio.Task[None]] = []
+        #: ``GET /api/v1/audit`` and ``GET /api/v1/replay/report`` (``projections.audit``)
+        self.audit = AuditReader(settings, psettings.audit_scan_max)
+        self.replays = ReplayReports(
+            settings,
+            limit=psettings.replay_max_concurrent,
+            timeout=psettings.replay_timeout_seconds,
+        )
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -192,6 +200,7 @@ class ProjectionWorker:
             with contextlib.suppress(BaseException):
                 await task
         self._operations = []
+        await self.audit.close()
         self.commit()
         if self._forecast_task is not None:
             with contextlib.suppress(BaseException):

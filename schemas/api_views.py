@@ -26,6 +26,9 @@ from schemas.common import (
 __all__ = [
     "AnalyticsResponse",
     "AsOf",
+    "AuditCause",
+    "AuditPage",
+    "AuditRecordView",
     "CommandAccepted",
     "CommandStatus",
     "CostResponse",
@@ -571,3 +574,38 @@ class OperationsOverview(_View):
         default=None, description="why the last sample failed, if it did"
     )
     as_of: AsOf
+
+
+class AuditCause(_View):
+    source: str | None = None
+    id: str | None = None
+    type: str | None = None
+
+
+class AuditRecordView(_View):
+    """One record of the audit topic (contract section 5, "Audit")."""
+
+    id: str | None = Field(description="the record's CloudEvent id")
+    type: str | None = Field(description="audit.command_applied, audit.correction, ...")
+    source: str | None = None
+    time: str = Field(description="its event time", json_schema_extra=_DATE_TIME)
+    actor: str | None = Field(description="token:<name>, jwt:<sub>, inventory:<system>, ...")
+    cause: AuditCause | None = Field(description="the input that caused it")
+    tenant_id: str
+    details: dict[str, Any] = Field(
+        description="action, subject, before, after, and reason where there is one"
+    )
+    offset: int = Field(description="its offset in the audit topic (on partition `partition`)")
+
+
+class AuditPage(_View):
+    """``GET /api/v1/audit``: a tenant's audit records, the newest written first."""
+
+    tenant_id: str
+    records: list[AuditRecordView]
+    next_page_token: str | None = Field(
+        description="opaque; null when the log holds no older matching record. A page can be "
+        "shorter than page_size with a token when the request's scan budget ran out"
+    )
+    scanned: int = Field(description="records of the tenant's partition read for this page")
+    partition: int = Field(description="the tenant's partition of the audit topic")

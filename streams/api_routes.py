@@ -189,6 +189,22 @@ class TenantsQuery(_Query):
     q: str | None = Field(default=None, max_length=256, description="tenant id prefix")
 
 
+class AuditQuery(TenantQuery):
+    actor: str | None = Field(default=None, max_length=256, description="exactly this actor")
+    type: str | None = Field(default=None, description="exactly this type: audit.command_applied")
+    since: str | None = Field(default=None, description=f"event time at or after: {_TIME}")
+    until: str | None = Field(default=None, description=f"event time at or before: {_TIME}")
+    page_size: int | None = Field(default=None, ge=1, le=200, description="default 50")
+    page_token: str | None = Field(
+        default=None, description="next_page_token of the previous page (opaque)"
+    )
+
+
+class ReplayReportQuery(TenantQuery):
+    until: str = Field(description=f"the report's 'as of': {_TIME}")
+    format: Literal["html", "json"] | None = Field(default=None, description="default html")
+
+
 class BatchCheckAnswer(BaseModel):
     """``POST /api/v1/quotas/check:batch``: one entry per check, in order; a check with bad
     input gets its own error entry."""
@@ -306,6 +322,14 @@ ROUTES: Final[tuple[Route, ...]] = (
           "Open violations by kind, dead letters of the last hour, the enforcement workers' "
           "partitions, lag and rate (admin)",
           {200: v.OperationsOverview}, action="admin", errors=(404,), tag="dashboard"),
+    Route("GET", "/api/v1/audit", PROJECTIONS,
+          "A tenant's audit records, newest first, filtered by actor, type and time, paged",
+          {200: v.AuditPage}, query=AuditQuery, action="read", errors=_STATE_ERRORS,
+          tag="audit"),
+    Route("GET", "/api/v1/replay/report", PROJECTIONS,
+          "The replay report of a tenant as of a time (novaquota replay --until T --tenant ID)",
+          {200: HTML}, query=ReplayReportQuery, action="read", errors=(400, 404, 503, 504),
+          tag="audit"),
     Route("GET", "/api/v1/projections/status", PROJECTIONS,
           "Positions and progress of the projection worker",
           {200: v.ProjectionStatus}, action="read", errors=(), tag="operations"),

@@ -125,6 +125,10 @@ PROJECTIONS: dict[tuple[str, str], Case] = {
     ("GET", "/api/v1/projections/status"): Case("/api/v1/projections/status", scope="global"),
     ("GET", "/api/v1/tenants"): Case(f"/api/v1/tenants?q={B}", scope="own"),
     ("GET", "/api/v1/operations/overview"): Case("/api/v1/operations/overview", scope="internal"),
+    ("GET", "/api/v1/audit"): Case(f"/api/v1/audit?tenant_id={B}"),
+    ("GET", "/api/v1/replay/report"): Case(
+        f"/api/v1/replay/report?tenant_id={B}&until=2026-11-02T00:00:00Z"
+    ),
 }
 
 
