@@ -80,7 +80,33 @@ async function call(base, method, path, params, body, token) {
 // projection workers (this origin)
 export const projections = {
   get: (path, params, token) => call("", "GET", path, params, undefined, token).then((r) => r.data),
+  blob: (path, params) => fetchBlob(path, params),
 };
+
+// A document of the projection API (the replay report) as a Blob: a plain link cannot carry
+// the token, so the page fetches it with the token and opens it as a blob: URL.
+async function fetchBlob(path, params) {
+  let resp;
+  try {
+    resp = await fetch(path + query(params), {
+      headers: { Authorization: `Bearer ${session.token ?? ""}` },
+      cache: "no-store",
+      credentials: "omit",
+    });
+  } catch (err) {
+    throw new ApiError(0, "network", `cannot reach this server: ${err.message}`);
+  }
+  if (resp.status >= 400) {
+    let e = {};
+    try {
+      e = (await resp.json()).error || {};
+    } catch {
+      e = {};
+    }
+    throw new ApiError(resp.status, e.code, e.message);
+  }
+  return resp.blob();
+}
 
 // enforcement workers (config.api_url)
 export const enforcement = {

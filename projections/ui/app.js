@@ -636,26 +636,128 @@ function editorPage(tenant) {
 
 // --- audit ---------------------------------------------------------------------------------
 
+const AUDIT_TYPES = ["audit.command_applied", "audit.correction", "audit.reservation_granted",
+  "audit.reservation_released", "audit.reservation_expired"];
+
+// The audit topic of a tenant (GET /api/v1/audit: newest first, filtered, paged) and the replay
+// report as of a moment (GET /api/v1/replay/report, fetched with the token, opened as a blob).
 function auditPage(tenant) {
-  const asOf = h("input", { id: "as-of", type: "datetime-local", step: "1", name: "as_of" });
-  const out = h("pre", { id: "replay-command", tabindex: "0" });
-  const update = () => {
-    const t = asOf.value ? new Date(asOf.value).toISOString().replace(/\.\d{3}Z$/, "Z") : "<RFC 3339 time>";
-    out.textContent = `novaquota replay --until ${t} --tenant ${tenant} --format html --out ${tenant}.html`;
+  const actor = h("input", { id: "audit-actor", name: "actor", autocomplete: "off", spellcheck: "false",
+    placeholder: "token:ci, jwt:alice, inventory:nova" });
+  const type = h("select", { id: "audit-type", name: "type" },
+    h("option", { value: "" }, "every type"), AUDIT_TYPES.map((t) => h("option", { value: t }, t)));
+  const list = h("div", { id: "audit-list" }, h("p", {}, "Loading…"));
+  const tokens = [null];
+  let pageNo = 0;
+  let filters = {};
+  const shown = (v) => (v === null || v === undefined ? "–" : typeof v === "object" ? JSON.stringify(v) : String(v));
+  // what a record changed: the fields whose values differ (every set field of a new one), but
+  // those the subject already names
+  const SAME = new Set(["tenant_id", "level", "entity_id", "resource_type", "set_at"]);
+  const change = (before, after) => {
+    const isObj = (v) => v !== null && typeof v === "object" && !Array.isArray(v);
+    if (!isObj(before) && !isObj(after)) return `${shown(before)} → ${shown(after)}`;
+    if (!isObj(after)) return "removed";
+    const b = isObj(before) ? before : {};
+    const parts = [];
+    for (const k of Object.keys(after)) {
+      if (SAME.has(k) || k.endsWith("event_id") || after[k] === null || JSON.stringify(b[k]) === JSON.stringify(after[k])) continue;
+      parts.push(isObj(before) ? `${k}: ${shown(b[k])} → ${shown(after[k])}` : `${k}: ${shown(after[k])}`);
+    }
+    return parts.join(", ") || "no change";
   };
-  asOf.addEventListener("input", update);
+  const clip = (text) => (text.length > 120 ? `${text.slice(0, 119)}…` : text);
+
+  async function load() {
+    try {
+      const r = await projections.get("/api/v1/audit",
+        { tenant_id: tenant, ...filters, page_size: PAGE_SIZE, page_token: tokens[pageNo] });
+      tokens[pageNo + 1] = r.next_page_token;
+      const what = [filters.actor && `actor ${filters.actor}`, filters.type].filter(Boolean).join(", ");
+      list.replaceChildren(
+        h("table", { id: "audit" },
+          h("caption", {}, `${r.records.length} records${what ? ` (${what})` : ""} · page ${pageNo + 1} · newest first`),
+          h("thead", {}, h("tr", {}, ["Time", "Type", "Actor", "Action", "Subject", "Change", "Cause"]
+            .map((c) => h("th", { scope: "col" }, c)))),
+          h("tbody", {}, r.records.map((a) => h("tr", { dataset: { offset: String(a.offset), type: a.type, actor: a.actor ?? "" } },
+            h("td", {}, h("time", { datetime: a.time }, String(a.time).replace("T", " ").replace(/\.\d+Z$/, "Z"))),
+            h("td", { class: "type" }, a.type),
+            h("th", { scope: "row", class: "actor" }, a.actor ?? "–"),
+            h("td", {}, a.details.action ?? "–"),
+            h("td", {}, a.details.subject ?? "–"),
+            h("td", { class: "change", title: change(a.details.before, a.details.after) },
+              clip(change(a.details.before, a.details.after))),
+            h("td", {}, a.cause ? `${a.cause.type ?? ""} ${a.cause.id ?? ""}`.trim() : "–"))))),
+        r.records.length ? null : h("p", { id: "audit-empty" }, "No audit records match."),
+        h("nav", { class: "pager", "aria-label": "Audit pages" },
+          h("button", { type: "button", disabled: pageNo === 0, onclick: () => { pageNo -= 1; load(); } }, "Previous"),
+          h("button", { type: "button", disabled: !r.next_page_token, onclick: () => { pageNo += 1; load(); } }, "Next")),
+      );
+    } catch (err) {
+      list.replaceChildren(problem(err));
+    }
+  }
+
+  function applyFilters(ev) {
+    ev.preventDefault();
+    filters = { actor: actor.value.trim(), type: type.value };
+    tokens.splice(1);
+    pageNo = 0;
+    load();
+  }
+
+  // the report as of a moment; the input is in the browser's local time, sent as UTC
+  const local = new Date(Date.now() - new Date().getTimezoneOffset() * 60000);
+  const asOf = h("input", { id: "as-of", type: "datetime-local", step: "1", name: "as_of", required: true,
+    value: local.toISOString().slice(0, 19) });
+  const reportStatus = h("p", { id: "report-status", role: "status", "aria-live": "polite" });
+  const reportLinks = h("p", { id: "report-links" });
+  let blobUrl = null;
+  const forget = () => {
+    if (blobUrl) URL.revokeObjectURL(blobUrl);
+    blobUrl = null;
+  };
+  onLeave(forget);
+  async function makeReport(ev) {
+    ev.preventDefault();
+    const at = new Date(asOf.value);
+    if (!asOf.value || Number.isNaN(at.getTime())) {
+      reportStatus.replaceChildren(problem("Pick a date and time."));
+      return;
+    }
+    const until = at.toISOString().replace(/\.\d{3}Z$/, "Z");
+    forget();
+    reportLinks.replaceChildren();
+    reportStatus.textContent = `Replaying the log up to ${until}…`;
+    try {
+      const blob = await projections.blob("/api/v1/replay/report", { tenant_id: tenant, until, format: "html" });
+      blobUrl = URL.createObjectURL(blob);
+      reportStatus.textContent = `The report as of ${until} is ready.`;
+      reportLinks.replaceChildren(
+        h("a", { id: "report-open", href: blobUrl, target: "_blank", rel: "noopener" }, `Open the report as of ${until}`),
+        " · ",
+        h("a", { id: "report-download", href: blobUrl, download: `replay-${tenant}-${until.replace(/:/g, "")}.html` }, "Download it"));
+    } catch (err) {
+      reportStatus.replaceChildren(problem(err));
+    }
+  }
+
   page(`Audit · ${tenant}`,
-    h("p", {},
-      "The audit topic (novacron.audit) is not served over the public HTTP API in this version, " +
-      "and this dashboard reads nothing else, so it cannot list a tenant's audit records or filter " +
-      "them by actor and type here."),
+    section("Audit records", "h-audit",
+      h("form", { id: "audit-filter", class: "filters", onsubmit: applyFilters, "aria-label": "Filter the audit records" },
+        h("div", { class: "field" }, h("label", { for: "audit-actor" }, "Actor (exact)"), actor),
+        h("div", { class: "field" }, h("label", { for: "audit-type" }, "Type"), type),
+        h("button", { type: "submit" }, "Filter")),
+      list),
     section("Replay report as of a point in time", "h-replay",
-      h("p", {}, "The replay report rebuilds the tenant's quota state as it stood at any moment from " +
-        "the log (see docs/replay.md). Pick the moment; run the command where the log is reachable:"),
-      h("div", { class: "field" }, h("label", { for: "as-of" }, "As of (your local time)"), asOf),
-      out),
+      h("p", {}, "The replay report rebuilds the tenant's quota state as it stood at a moment from the " +
+        "log, citing the records behind each figure (docs/replay.md)."),
+      h("form", { id: "report-form", onsubmit: makeReport, "aria-label": "Replay report" },
+        h("div", { class: "field" }, h("label", { for: "as-of" }, "As of (your local time)"), asOf),
+        h("button", { type: "submit" }, "Make the report")),
+      reportStatus, reportLinks),
   );
-  update();
+  load();
 }
 
 // --- routing -------------------------------------------------------------------------------
