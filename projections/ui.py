@@ -13,6 +13,9 @@ names no file, is a 404.
 
 from __future__ import annotations
 
+import base64
+import functools
+import hashlib
 import mimetypes
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -53,14 +56,28 @@ def ui_config(settings: Settings, request: web.Request) -> dict[str, str]:
     return {"api_url": api, "live_url": f"{ws_scheme}://{parts.netloc}{parts.path}"}
 
 
+@functools.cache
+def report_style_source() -> str:
+    """The CSP source of the reports' one inline stylesheet (``templates/_base.html``), by hash.
+
+    The Audit page opens the replay report as a ``blob:`` URL (a link cannot carry the token),
+    and a ``blob:`` document inherits the policy of the page that made it: without this source
+    the report would show unstyled. Only that exact stylesheet is allowed; no inline script."""
+    text = Path(__file__).with_name("templates").joinpath("_base.html").read_text("utf-8")
+    css = text.split("<style>", 1)[1].split("</style>", 1)[0]
+    digest = base64.b64encode(hashlib.sha256(css.encode()).digest()).decode()
+    return f"'sha256-{digest}'"
+
+
 def _headers(settings: Settings, request: web.Request) -> dict[str, str]:
     """The page may talk to this origin and to the enforcement API, nothing else; no inline
-    script, no framing."""
+    script, no framing; inline style only the replay report's (by hash)."""
     config = ui_config(settings, request)
     connect = f"'self' {config['api_url']} {config['live_url']}"
     return {
         "Content-Security-Policy": (
-            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+            "default-src 'self'; script-src 'self'; "
+            f"style-src 'self' {report_style_source()}; img-src 'self' data:; "
             f"connect-src {connect}; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
         ),
         "X-Content-Type-Options": "nosniff",

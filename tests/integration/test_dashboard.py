@@ -547,5 +547,7 @@ def test_audit_page_lists_filters_pages_and_opens_a_report(dep: Deployment, page
     report.wait_for_load_state()
     text = report.locator("body").inner_text()
     assert "acme" in text and "as of" in text.lower(), text[:500]
+    # styled: the dashboard's policy, which a blob: document inherits, allows its stylesheet
+    assert report.evaluate("getComputedStyle(document.body).marginTop") == "32px"
     report.close()
     accessible(page)

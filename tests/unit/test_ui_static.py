@@ -14,7 +14,7 @@ from projections.cost import load_catalogue
 from projections.http import build_app
 from projections.metrics import ProjectionMetrics
 from projections.store import MemoryStore
-from projections.ui import UI_DIR
+from projections.ui import UI_DIR, report_style_source
 from projections.worker import ProjectionWorker
 from streams.auth import Access, BearerAuth
 from streams.settings import Settings
@@ -67,6 +67,11 @@ def test_the_shell_and_its_assets_need_no_token_and_the_api_still_does() -> None
     assert api[0] == 401
     csp = page[3]["Content-Security-Policy"]
     assert "script-src 'self'" in csp and "connect-src 'self' http://" in csp
+    # inline style: the replay report's stylesheet only (by hash: the Audit page opens the
+    # report as a blob: document, which inherits this policy)
+    assert "unsafe-inline" not in csp
+    assert f"style-src 'self' {report_style_source()};" in csp
+    assert report_style_source().startswith("'sha256-")
     assert page[3]["X-Content-Type-Options"] == "nosniff"
 
 
