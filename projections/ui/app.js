@@ -650,6 +650,9 @@ function auditPage(tenant) {
   const tokens = [null];
   let pageNo = 0;
   let filters = {};
+  let loads = 0; // a slow answer to an older request is not shown over a newer one
+  let left = false;
+  onLeave(() => { left = true; });
   const shown = (v) => (v === null || v === undefined ? "–" : typeof v === "object" ? JSON.stringify(v) : String(v));
   // what a record changed: the fields whose values differ (every set field of a new one), but
   // those the subject already names
@@ -669,9 +672,11 @@ function auditPage(tenant) {
   const clip = (text) => (text.length > 120 ? `${text.slice(0, 119)}…` : text);
 
   async function load() {
+    const seq = ++loads;
     try {
       const r = await projections.get("/api/v1/audit",
         { tenant_id: tenant, ...filters, page_size: PAGE_SIZE, page_token: tokens[pageNo] });
+      if (seq !== loads) return;
       tokens[pageNo + 1] = r.next_page_token;
       const what = [filters.actor && `actor ${filters.actor}`, filters.type].filter(Boolean).join(", ");
       list.replaceChildren(
@@ -679,7 +684,7 @@ function auditPage(tenant) {
           h("caption", {}, `${r.records.length} records${what ? ` (${what})` : ""} · page ${pageNo + 1} · newest first`),
           h("thead", {}, h("tr", {}, ["Time", "Type", "Actor", "Action", "Subject", "Change", "Cause"]
             .map((c) => h("th", { scope: "col" }, c)))),
-          h("tbody", {}, r.records.map((a) => h("tr", { dataset: { offset: String(a.offset), type: a.type, actor: a.actor ?? "" } },
+          h("tbody", {}, r.records.map((a) => ({ ...a, details: a.details || {} })).map((a) => h("tr", { dataset: { offset: String(a.offset), type: a.type, actor: a.actor ?? "" } },
             h("td", {}, h("time", { datetime: a.time }, String(a.time).replace("T", " ").replace(/\.\d+Z$/, "Z"))),
             h("td", { class: "type" }, a.type),
             h("th", { scope: "row", class: "actor" }, a.actor ?? "–"),
@@ -694,7 +699,7 @@ function auditPage(tenant) {
           h("button", { type: "button", disabled: !r.next_page_token, onclick: () => { pageNo += 1; load(); } }, "Next")),
       );
     } catch (err) {
-      list.replaceChildren(problem(err));
+      if (seq === loads) list.replaceChildren(problem(err));
     }
   }
 
@@ -731,6 +736,8 @@ function auditPage(tenant) {
     reportStatus.textContent = `Replaying the log up to ${until}…`;
     try {
       const blob = await projections.blob("/api/v1/replay/report", { tenant_id: tenant, until, format: "html" });
+      if (left) return;
+      forget();
       blobUrl = URL.createObjectURL(blob);
       reportStatus.textContent = `The report as of ${until} is ready.`;
       reportLinks.replaceChildren(
