@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -18,13 +19,17 @@ from typing import Any
 import pytest
 
 from ops.topics import create_topics
+from projections.audit import CHUNK, home_partition
 from tests.integration.conftest import Stack
 from tests.support.events import command
+from tests.support.kafka import produce_raw
 from tests.support.worker import ProjectionProcess, WorkerProcess
 
 pytestmark = pytest.mark.integration
 
 MINUTE = timedelta(minutes=1)
+PARTITIONS = 4
+SCAN_MAX = 5000
 RESOURCES = ["cpu", "memory", "gpu", "storage", "volumes", "snapshots", "backups"]
 
 
@@ -73,7 +78,7 @@ def _iso(t: datetime) -> str:
 @pytest.fixture(scope="module")
 def dep(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     tmp = tmp_path_factory.mktemp("audit")
-    stack = Stack(kafka_bootstrap, f"t{uuid.uuid4().hex[:10]}.", 2, tmp)
+    stack = Stack(kafka_bootstrap, f"t{uuid.uuid4().hex[:10]}.", PARTITIONS, tmp)
     asyncio.run(create_topics(stack.settings))
     base = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
     # acme: seven quotas set by alice, then three changes by bob ten minutes later; globex: two
@@ -127,8 +132,11 @@ def dep(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         topic_prefix=stack.prefix,
         data_dir=tmp,
         credentials=creds,
-        partitions=2,
-        env={"NOVAQUOTA_PROJECTIONS_REPLAY_MAX_CONCURRENT": "1"},
+        partitions=PARTITIONS,
+        env={
+            "NOVAQUOTA_PROJECTIONS_REPLAY_MAX_CONCURRENT": "1",
+            "NOVAQUOTA_PROJECTIONS_AUDIT_SCAN_MAX": str(SCAN_MAX),
+        },
     ).start()
     d = Deployment(
         stack,
@@ -277,3 +285,52 @@ def test_replays_beyond_the_limit_answer_503_with_retry_after(dep: Deployment) -
         if status == 503:
             assert body["error"]["code"] == "busy" and headers["Retry-After"]
     assert call(url, dep.viewer)[0] == 200  # the slot is free again
+
+
+def test_a_large_partition_is_read_a_chunk_at_a_time(dep: Deployment) -> None:
+    """30,000 records of a tenant on a partition of its own, one of them by a rare actor near
+    the start: the first page reads one chunk, not the partition; the rare record is reached
+    through pages of at most SCAN_MAX records each, none of them the whole partition."""
+    taken = {home_partition(t, PARTITIONS) for t in ("acme", "globex")}
+    tenant = next(
+        f"bulk-{i}" for i in range(50) if home_partition(f"bulk-{i}", PARTITIONS) not in taken
+    )
+    t = _iso(dep.base)
+
+    def record(i: int, actor: str) -> tuple[bytes, bytes, None]:
+        cause = {"source": "tests", "id": f"c{i}", "type": "quota.set"}
+        details = {"action": "audit.quota_set", "subject": f"s{i}"}
+        data = {"actor": actor, "cause": cause, "tenant_id": tenant, "details": details}
+        value = {
+            "specversion": "1.0", "id": f"bulk-{i}", "source": "novaquota/enforcement",
+            "type": "audit.command_applied", "time": t, "data": data,
+        }  # fmt: skip
+        return tenant.encode(), json.dumps(value).encode(), None
+
+    n = 30_000
+    records = [record(i, "bulk:rare" if i == 100 else "bulk:many") for i in range(n)]
+    asyncio.run(produce_raw(dep.stack.bootstrap, dep.stack.topic("audit"), records))
+    started = time.monotonic()
+    status, body = audit(dep, dep.admin, tenant_id=tenant)
+    took = time.monotonic() - started
+    print(f"first page of 50 over {n} records: {took * 1000:.0f} ms")
+    assert status == 200, body
+    assert took < 2.0
+    assert [r["id"] for r in body["records"]] == [f"bulk-{i}" for i in range(n - 1, n - 51, -1)]
+    assert body["scanned"] == CHUNK
+    started = time.monotonic()
+    pages, found, scanned = 0, [], []
+    next_token = None
+    while True:
+        status, body = audit(dep, dep.admin, tenant_id=tenant, actor="bulk:rare",
+                             page_token=next_token)  # fmt: skip
+        assert status == 200, body
+        pages += 1
+        found += [r["id"] for r in body["records"]]
+        scanned.append(body["scanned"])
+        next_token = body["next_page_token"]
+        if next_token is None:
+            break
+    print(f"{pages} pages to reach a rare actor: {(time.monotonic() - started) * 1000:.0f} ms")
+    assert found == ["bulk-100"]
+    assert max(scanned) <= SCAN_MAX and sum(scanned) == n and pages == n // SCAN_MAX
