@@ -38,12 +38,40 @@ def test_filters_from_the_contract_parameters() -> None:
         ({"level": "user", "entity_id": "u1"}, "missing_tenant_id"),
         ({"level": "tenant", "tenant_id": "t1", "entity_id": "t2"}, "invalid_entity"),
         ({"entity_id": "system"}, "invalid_entity"),
+        ({"scope": "galaxy"}, "invalid_scope"),
+        ({"scope": "all", "entity_id": "t1"}, "invalid_scope"),
+        ({"scope": "all", "tenant_id": "t1"}, "invalid_scope"),
+        ({"scope": "all", "types": "usage_updated"}, "invalid_types"),
+        ({"scope": "all", "types": "alert,usage_updated"}, "invalid_types"),
+        ({"entity_id": "t1", "types": "alert,lagging"}, "invalid_types"),
+        ({"entity_id": "t1", "types": "unicorns"}, "invalid_types"),
     ],
 )
 def test_bad_parameters_are_400(query: dict[str, str], code: str) -> None:
     with pytest.raises(ApiError) as err:
         parse_filters(query)
     assert (err.value.status, err.value.code) == (400, code)
+
+
+def test_all_tenants_offers_violations_and_alerts_of_every_tenant() -> None:
+    every = parse_filters({"scope": "all"})
+    assert every == Filters(None) and every.all_tenants
+    exceeded = {"type": "quota_exceeded", "data": {"tenant_id": "t9", "level": "tenant",
+                "entity_id": "t9", "resource_type": "cpu"}}  # fmt: skip
+    alert = {"type": "alert", "data": {**exceeded["data"], "tenant_id": "t2", "entity_id": "t2"}}
+    assert every.accepts(exceeded) and every.accepts(alert)
+    assert not every.wants("usage_updated")
+    body = {"tenant_id": "t1", "as_of_us": 0, "rows": [["tenant", "t1", "cpu", 1, None, 0]]}
+    assert list(usage_messages(body, every)) == []
+    only = parse_filters({"scope": "all", "types": "alert, cost_alert", "resource_type": "cpu"})
+    assert only.types == frozenset({"alert", "cost_alert"})
+    assert only.accepts(alert) and not only.accepts(exceeded)
+    assert not only.accepts({**alert, "data": {**alert["data"], "resource_type": "memory"}})
+    # types narrows one tenant's subscription too; its tenant is still checked
+    one = parse_filters({"entity_id": "t1", "types": "usage_updated,quota_exceeded"})
+    assert list(usage_messages(body, one)) and not one.accepts(exceeded)
+    assert one.accepts({**exceeded, "data": {**exceeded["data"], "tenant_id": "t1"}})
+    assert not one.accepts({**alert, "data": {**alert["data"], "tenant_id": "t1"}})
 
 
 def usage(entity: str, used: int) -> dict[str, Any]:
