@@ -117,6 +117,11 @@ class TenantQuery(_Query):
     tenant_id: str = Field(min_length=1)
 
 
+class HierarchyQuery(_Query):
+    tenant_id: str | None = Field(default=None, min_length=1, description="the tenant")
+    entity_id: str | None = Field(default=None, min_length=1, description="alias of tenant_id")
+
+
 class ReservationsQuery(TenantQuery):
     level: v.Level | None = Field(default=None, description="only this entity's reservations")
     entity_id: str | None = None
@@ -247,6 +252,10 @@ ROUTES: Final[tuple[Route, ...]] = (
     Route("GET", "/api/v1/quotas/utilization", ENFORCEMENT,
           "Per resource: limit, used, reserved, available, utilization %",
           {200: v.UtilizationResponse}, query=EntityQuery, action="read",
+          errors=_STATE_ERRORS),
+    Route("GET", "/api/v1/quotas/hierarchy", ENFORCEMENT,
+          "A tenant's projects with the users holding resources in each, and the users in none",
+          {200: v.HierarchyResponse}, query=HierarchyQuery, action="read",
           errors=_STATE_ERRORS),
     # enforcement workers: quota and template management (streams.manage)
     Route("POST", "/api/v1/quotas", ENFORCEMENT,
