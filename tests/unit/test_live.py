@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -153,3 +154,36 @@ def test_the_diff_sends_changed_rows_and_zeroes_what_disappeared() -> None:
     assert diff.changed("t1", iter([a])) == [("user", "u2", "cpu", 0, None, 0)]
     diff.changed("t2", iter([a]))  # t1 is forgotten: it sends everything again
     assert diff.changed("t1", iter([a])) == [a]
+
+
+def test_the_hub_hands_every_tenant_s_violations_to_all_tenants_subscribers_only() -> None:
+    import orjson
+
+    from streams.live_web import LiveHub
+
+    topics = SimpleNamespace(live="live", quota_violations="violations", quota_alerts="alerts")
+    gauge = SimpleNamespace(set=lambda n: None)
+    qa = SimpleNamespace(
+        settings=SimpleNamespace(topics=topics), metrics=SimpleNamespace(live_clients=gauge)
+    )
+    hub = LiveHub(qa)  # type: ignore[arg-type]
+    every = Subscriber(parse_filters({"scope": "all"}), max_pending=10)
+    t1 = Subscriber(Filters("t1"), max_pending=10)
+    hub.subscribe(every)
+    hub.subscribe(t1)
+    assert hub.clients == 2
+
+    def violation(tenant: str) -> bytes:
+        data = {"tenant_id": tenant, "level": "tenant", "entity_id": tenant}
+        data.update(resource_type="cpu", kind="over_limit", violation_id=f"v-{tenant}")
+        return orjson.dumps({"type": "quota.violation", "data": data})
+
+    snapshot = {"tenant_id": "t2", "as_of_us": 0, "rows": [["tenant", "t2", "cpu", 1, None, 0]]}
+    assert not hub.dispatch("live", b"t2", orjson.dumps(snapshot))  # usage: never decoded
+    assert hub.dispatch("violations", b"t2", violation("t2"))
+    assert hub.dispatch("violations", b"t1", violation("t1"))
+    assert [m["data"]["tenant_id"] for m in every.take()] == ["t2", "t1"]
+    assert [m["data"]["tenant_id"] for m in t1.take()] == ["t1"]
+    hub.unsubscribe(every)
+    assert not hub.dispatch("violations", b"t2", violation("t2"))  # nobody wants t2 any more
+    assert hub.clients == 1
