@@ -12,13 +12,21 @@ counted without instance rows) do not pair a user with a project.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from typing import Any
 
 from streams import quota as q
 from streams.quota.state import G_PROJECT, G_USER
+from streams.store.records import instance_key
+from streams.store.tenant_store import Base
 
-__all__ = ["Membership"]
+__all__ = ["MAX_INSTANCES", "Membership", "read_instances"]
+
+MAX_INSTANCES = 100_000
+"""Instance rows one answer reads at most (``truncated`` beyond)."""
+CHUNK = 2_000
+"""Instance rows read between two yields to the event loop, which also runs the agents."""
 
 
 class Membership:
@@ -64,3 +72,37 @@ class Membership:
             ],
             "unassigned_users": sorted(self.users - assigned),
         }
+
+
+async def read_instances(
+    base: Base,
+    partition: int,
+    tenant: str,
+    members: Membership,
+    *,
+    limit: int = MAX_INSTANCES,
+    chunk: int = CHUNK,
+) -> bool:
+    """Feed the tenant's committed instance rows to ``members``, ``chunk`` rows at a time with
+    a yield to the event loop in between (each chunk a scan of its own, from after the last
+    key read); whether rows were left unread past ``limit``."""
+    from streams.enforce import InstanceRows
+
+    prefix = instance_key(tenant, "")
+    start, read = b"", 0
+    while True:
+        rows: list[q.InstanceState] = []
+        last = b""
+        for key, row in base.scan(partition, prefix, start):
+            if read >= limit:
+                members.instances(rows)
+                return True
+            rows.append(InstanceRows.parse(row)[1])
+            last, read = key, read + 1
+            if len(rows) >= chunk:
+                break
+        members.instances(rows)
+        if len(rows) < chunk:
+            return False
+        start = last + b"\x00"
+        await asyncio.sleep(0)

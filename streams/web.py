@@ -10,7 +10,6 @@ A forwarded request carries the caller's own credentials, and the owner checks t
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -37,10 +36,6 @@ __all__ = ["ApiError", "quota_rows", "register"]
 log = logging.getLogger(__name__)
 
 LEVELS = ("tenant", "project", "user", "system")
-HIERARCHY_MAX_INSTANCES = 100_000
-"""Instance rows one hierarchy answer reads at most (``truncated`` beyond)."""
-HIERARCHY_CHUNK = 2_000
-"""Instance rows read between two yields to the event loop, which also runs the agents."""
 
 
 def _num(micros: int | None) -> float | int | None:
@@ -236,9 +231,7 @@ def register(qa: QuotaApp) -> None:
     async def hierarchy_view(self: web.View, request: web.Request) -> web.Response:
         """The tenant's projects with the users holding resources in each
         (``streams.hierarchy``), from the owner's committed state."""
-        from streams.enforce import InstanceRows
-        from streams.hierarchy import Membership
-        from streams.store.records import instance_key
+        from streams.hierarchy import Membership, read_instances
 
         try:
             if (request.query.get("level") or "tenant") != "tenant":
@@ -256,26 +249,9 @@ def register(qa: QuotaApp) -> None:
         rec, _exists = qa.store.committed_record(tenant_id)
         members = Membership()
         members.state(rec.tenant)
-        prefix = instance_key(tenant_id, "")
-        start, read, truncated = b"", 0, False
         try:
             partition = qa.store.partition_of(tenant_id)
-            while True:
-                chunk: list[q.InstanceState] = []
-                last = b""
-                for key, row in qa.store.base.scan(partition, prefix, start):
-                    if read >= HIERARCHY_MAX_INSTANCES:
-                        truncated = True
-                        break
-                    chunk.append(InstanceRows.parse(row)[1])
-                    last, read = key, read + 1
-                    if len(chunk) >= HIERARCHY_CHUNK:
-                        break
-                members.instances(chunk)
-                if truncated or len(chunk) < HIERARCHY_CHUNK:
-                    break
-                start = last + b"\x00"
-                await asyncio.sleep(0)  # the agents run between two chunks
+            truncated = await read_instances(qa.store.base, partition, tenant_id, members)
         except Exception:  # partitions moved while reading: the caller retries
             log.exception("reading the instances of %s for the hierarchy failed", tenant_id)
             return error(self, ApiError(503, "unavailable", "the tenant's state moved; retry"))
