@@ -222,6 +222,7 @@ function overviewPage() {
       ops = await projections.get("/api/v1/operations/overview");
     } catch (err) {
       opsBox.replaceChildren(problem(err));
+      if (!counts) countsBox.replaceChildren(problem(err));
       return;
     }
     if (!counts || Date.now() - lastDelta > SETTLE_MS) {
