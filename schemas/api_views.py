@@ -37,6 +37,8 @@ __all__ = [
     "ErrorBody",
     "ErrorDetail",
     "Health",
+    "HierarchyProject",
+    "HierarchyResponse",
     "HistoryResponse",
     "Index",
     "InternalSystem",
@@ -151,6 +153,31 @@ class QuotasPage(_View):
     quotas: list[QuotaRow]
     total: int
     next_page_token: str | None = Field(description="pass as page_token for the next page")
+    as_of: AsOf
+
+
+class HierarchyProject(_View):
+    project_id: str
+    users: list[str] = Field(
+        description="users holding live resources (instances or gauges) in this project"
+    )
+
+
+class HierarchyResponse(_View):
+    """``GET /api/v1/quotas/hierarchy``: which project each user of a tenant holds resources
+    in, read from the owner's state (its live instances and gauges)."""
+
+    tenant_id: str
+    projects: list[HierarchyProject] = Field(
+        description="every project with a quota, usage or a live resource, by id"
+    )
+    unassigned_users: list[str] = Field(
+        description="users with a quota, usage or live resource but none held in a project"
+    )
+    truncated: bool = Field(
+        description="true when the tenant has more instances than one answer scans (the "
+        "pairs of the ones past the limit are missing)"
+    )
     as_of: AsOf
 
 

@@ -117,6 +117,11 @@ class TenantQuery(_Query):
     tenant_id: str = Field(min_length=1)
 
 
+class HierarchyQuery(_Query):
+    tenant_id: str | None = Field(default=None, min_length=1, description="the tenant")
+    entity_id: str | None = Field(default=None, min_length=1, description="alias of tenant_id")
+
+
 class ReservationsQuery(TenantQuery):
     level: v.Level | None = Field(default=None, description="only this entity's reservations")
     entity_id: str | None = None
@@ -176,6 +181,17 @@ class LiveQuery(_Query):
         default=None, description="narrow to one level (with entity_id: one entity)"
     )
     resource_type: ResourceType | None = Field(default=None, description="narrow to one resource")
+    scope: Literal["tenant", "all"] | None = Field(
+        default=None,
+        description="tenant (default): one tenant; all: the violations and alerts of every "
+        "tenant (admin only; no entity_id or tenant_id; usage_updated is not offered)",
+    )
+    types: str | None = Field(
+        default=None,
+        pattern=r"^[a-z_]+(\s*,\s*[a-z_]+)*$",
+        description="comma-separated message types to receive (usage_updated, quota_exceeded, "
+        "violation_resolved, alert, cost_alert); default: every type the scope offers",
+    )
 
 
 class TenantsQuery(_Query):
@@ -253,6 +269,10 @@ ROUTES: Final[tuple[Route, ...]] = (
           "Per resource: limit, used, reserved, available, utilization %",
           {200: v.UtilizationResponse}, query=EntityQuery, action="read",
           errors=_STATE_ERRORS),
+    Route("GET", "/api/v1/quotas/hierarchy", ENFORCEMENT,
+          "A tenant's projects with the users holding resources in each, and the users in none",
+          {200: v.HierarchyResponse}, query=HierarchyQuery, action="read",
+          errors=_STATE_ERRORS),
     # enforcement workers: quota and template management (streams.manage)
     Route("POST", "/api/v1/quotas", ENFORCEMENT,
           "Create or replace a quota (publishes quota.set)",
@@ -285,7 +305,8 @@ ROUTES: Final[tuple[Route, ...]] = (
           _CHANGED, query=CommandQuery, action="read", errors=_STATE_ERRORS),
     Route("GET", "/api/v1/quotas/live", ENFORCEMENT,
           "WebSocket: usage_updated, quota_exceeded, violation_resolved, alert, cost_alert and "
-          "lagging messages about one tenant (contract section 6)",
+          "lagging messages about one tenant, or (scope=all, admin) the violations and alerts "
+          "of every tenant (contract section 6)",
           {101: SWITCHING}, query=LiveQuery, action="read", errors=_STATE_ERRORS, tag="live"),
     Route("GET", "/", ENFORCEMENT, "Faust's index", {200: v.Index}, action="read", errors=(),
           tag="operations"),

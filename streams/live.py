@@ -19,8 +19,11 @@ from streams.errors import ApiError
 from streams.quota.evaluate import utilization_pct
 
 __all__ = [
+    "ALL_TENANTS_TYPES",
     "LAGGING_CLOSE_CODE",
     "LIVE_LEVELS",
+    "LIVE_SCOPES",
+    "MESSAGE_TYPES",
     "Filters",
     "Subscriber",
     "UsageDiff",
@@ -33,6 +36,11 @@ __all__ = [
 ]
 
 LIVE_LEVELS = ("tenant", "project", "user")
+LIVE_SCOPES = ("tenant", "all")
+MESSAGE_TYPES = ("usage_updated", "quota_exceeded", "violation_resolved", "alert", "cost_alert")
+"""What ``types`` may name (``lagging`` is always sent)."""
+ALL_TENANTS_TYPES = frozenset(MESSAGE_TYPES) - {"usage_updated"}
+"""What ``scope=all`` offers: violations and alerts of every tenant, never usage."""
 LAGGING_CLOSE_CODE = 1013
 """WebSocket close code after a ``lagging`` notice ("try again later", RFC 6455 registry)."""
 
@@ -42,12 +50,32 @@ Row = tuple[str, str, str, int, int | None, int]
 
 @dataclass(frozen=True)
 class Filters:
-    """What one subscription wants: one tenant, optionally narrowed."""
+    """What one subscription wants: one tenant (``tenant_id``), or every tenant
+    (``tenant_id`` None, ``scope="all"``: admins only), optionally narrowed by level, entity,
+    resource and message ``types`` (None: every type the scope offers)."""
 
-    tenant_id: str
+    tenant_id: str | None
     level: str | None = None
     entity_id: str | None = None
     resource_type: str | None = None
+    types: frozenset[str] | None = None
+
+    @property
+    def all_tenants(self) -> bool:
+        return self.tenant_id is None
+
+    def wants(self, type_: str) -> bool:
+        if self.types is not None:
+            return type_ in self.types
+        return not self.all_tenants or type_ in ALL_TENANTS_TYPES
+
+    def accepts(self, message: Mapping[str, Any]) -> bool:
+        """A violation or alert message: its type, tenant and entity are wanted."""
+        if not self.wants(message["type"]):
+            return False
+        if not self.all_tenants and message["data"].get("tenant_id") != self.tenant_id:
+            return False
+        return self.matches(*message_entity(message))
 
     def matches(self, level: str, entity_id: str, resource_type: str) -> bool:
         return (
@@ -57,19 +85,53 @@ class Filters:
         )
 
 
+def parse_types(raw: str | None, all_tenants: bool) -> frozenset[str] | None:
+    """``types``: comma-separated message types, or None for every type the scope offers."""
+    if raw is None or not raw.strip():
+        return None
+    types = frozenset(t.strip() for t in raw.split(",") if t.strip())
+    unknown = sorted(types - set(MESSAGE_TYPES))
+    if unknown:
+        raise ApiError(
+            400,
+            "invalid_types",
+            f"unknown types {', '.join(unknown)}; types is a comma-separated list of "
+            + ", ".join(MESSAGE_TYPES),
+        )
+    if all_tenants and "usage_updated" in types:
+        raise ApiError(
+            400,
+            "invalid_types",
+            "scope=all offers violations and alerts only, not usage_updated",
+        )
+    return types
+
+
 def parse_filters(query: Mapping[str, str]) -> Filters:
     """The subscription from the query string, or ``ApiError(400)`` (answered before the
     upgrade). ``entity_id`` alone (or ``tenant_id``) subscribes to a whole tenant, every
     level; ``level`` narrows to that level (with ``entity_id``, to one entity, which for a
-    project or user needs ``tenant_id``); ``resource_type`` narrows to one resource."""
+    project or user needs ``tenant_id``); ``resource_type`` narrows to one resource; ``types``
+    to some message types. ``scope=all`` subscribes to the violations and alerts of every
+    tenant (no ``entity_id`` or ``tenant_id``; ``level`` and ``resource_type`` still narrow)."""
     level = query.get("level") or None
     entity_id = query.get("entity_id") or None
     tenant_id = query.get("tenant_id") or None
     resource_type = query.get("resource_type") or None
+    scope = query.get("scope") or "tenant"
+    if scope not in LIVE_SCOPES:
+        raise ApiError(400, "invalid_scope", f"scope must be one of {', '.join(LIVE_SCOPES)}")
     if level is not None and level not in LIVE_LEVELS:
         raise ApiError(400, "invalid_level", f"level must be one of {', '.join(LIVE_LEVELS)}")
     if resource_type is not None and resource_type not in RESOURCE_TYPES:
         raise ApiError(400, "invalid_resource_type", f"unknown resource_type {resource_type!r}")
+    types = parse_types(query.get("types"), scope == "all")
+    if scope == "all":
+        if entity_id is not None or tenant_id is not None:
+            raise ApiError(
+                400, "invalid_scope", "scope=all takes no entity_id or tenant_id (every tenant)"
+            )
+        return Filters(None, level, None, resource_type, types)
     if level in (None, "tenant") and tenant_id is None:
         tenant_id = entity_id
         if level is None:
@@ -84,7 +146,7 @@ def parse_filters(query: Mapping[str, str]) -> Filters:
         raise ApiError(400, "invalid_entity", "the live feed serves tenants, not system")
     if level == "tenant":
         entity_id = tenant_id
-    return Filters(tenant_id, level, entity_id, resource_type)
+    return Filters(tenant_id, level, entity_id, resource_type, types)
 
 
 # --- usage snapshots (published by the tenant's owner) ----------------------------------------
@@ -155,6 +217,8 @@ def _number(micros: int | None) -> float | int | None:
 
 def usage_messages(body: Mapping[str, Any], filters: Filters) -> Iterator[dict[str, Any]]:
     """The ``usage_updated`` messages of one snapshot record that ``filters`` wants."""
+    if not filters.wants("usage_updated"):
+        return
     tenant = body["tenant_id"]
     as_of_us = int(body["as_of_us"])
     as_of = format_time_us(as_of_us) if as_of_us else None

@@ -11,7 +11,9 @@ partition. So the feed goes through Kafka:
   ``internal-live``, ``quota-violations`` and ``quota-alerts`` (where the projection workers put
   their cost alerts too) from the latest offset, and hands each record whose key is a
   subscribed tenant to that tenant's subscribers. Records of tenants nobody watches are not
-  even decoded.
+  even decoded, unless an admin subscribed to every tenant (``scope=all``): then each violation
+  and alert record is decoded once and offered to those subscribers too (never the usage
+  snapshots, the bulk of the traffic).
 
 Each client has a bounded queue (``streams.live.Subscriber``) and its own sender task, so a slow
 client costs its own queue and socket buffer only; when its queue overflows it gets a
@@ -43,7 +45,6 @@ from streams.live import (
     UsageDiff,
     alert_message,
     lagging_message,
-    message_entity,
     parse_filters,
     snapshot_body,
     usage_messages,
@@ -130,33 +131,45 @@ class LiveHub:
     def __init__(self, qa: QuotaApp) -> None:
         self.qa = qa
         self.by_tenant: dict[str, set[Subscriber]] = {}
+        self.everyone: set[Subscriber] = set()
+        """``scope=all`` subscribers: violations and alerts of every tenant."""
         t = qa.settings.topics
         self.kinds = {t.live: "usage", t.quota_violations: "violation", t.quota_alerts: "alert"}
         self.started = asyncio.Event()
 
     @property
     def clients(self) -> int:
-        return sum(len(subs) for subs in self.by_tenant.values())
+        return len(self.everyone) + sum(len(subs) for subs in self.by_tenant.values())
 
     def subscribe(self, sub: Subscriber) -> None:
-        self.by_tenant.setdefault(sub.filters.tenant_id, set()).add(sub)
+        tenant = sub.filters.tenant_id
+        if tenant is None:
+            self.everyone.add(sub)
+        else:
+            self.by_tenant.setdefault(tenant, set()).add(sub)
         self.qa.metrics.live_clients.set(self.clients)
 
     def unsubscribe(self, sub: Subscriber) -> None:
-        subs = self.by_tenant.get(sub.filters.tenant_id)
-        if subs is not None:
-            subs.discard(sub)
-            if not subs:
-                del self.by_tenant[sub.filters.tenant_id]
+        tenant = sub.filters.tenant_id
+        if tenant is None:
+            self.everyone.discard(sub)
+        else:
+            subs = self.by_tenant.get(tenant)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self.by_tenant[tenant]
         self.qa.metrics.live_clients.set(self.clients)
 
     def dispatch(self, topic: str, key: bytes | None, value: bytes | None) -> bool:
-        """One tailed record to the subscribers of its tenant (the record key); whether it
-        had any."""
+        """One tailed record to the subscribers of its tenant (the record key), and a
+        violation or alert also to the all-tenants subscribers; whether it had any."""
         if key is None or value is None:
             return False
+        kind = self.kinds.get(topic)
         subs = self.by_tenant.get(key.decode("utf-8", "replace"))
-        if not subs:
+        everyone = self.everyone if kind in ("violation", "alert") else None
+        if not subs and not everyone:
             return False
         try:
             body = orjson.loads(value)
@@ -164,18 +177,16 @@ class LiveHub:
             return False
         if not isinstance(body, dict):
             return False
-        kind = self.kinds.get(topic)
         if kind == "usage":
-            for sub in list(subs):
+            for sub in list(subs or ()):
                 for message in usage_messages(body, sub.filters):
                     sub.offer(message)
             return True
         found = violation_message(body) if kind == "violation" else alert_message(body)
         if found is None:
             return False
-        tenant = found["data"].get("tenant_id")
-        for sub in list(subs):
-            if tenant == sub.filters.tenant_id and sub.filters.matches(*message_entity(found)):
+        for sub in [*(subs or ()), *(everyone or ())]:
+            if sub.filters.accepts(found):
                 sub.offer(found)
         return True
 
@@ -305,7 +316,10 @@ def register(qa: QuotaApp) -> None:
         """Everything that can be refused is refused with a JSON error before the upgrade."""
         try:
             filters = parse_filters(request.query)
-            qa.access(request, filters.tenant_id, "read")
+            if filters.all_tenants:  # every tenant: admins only (404 for every other role)
+                qa.access(request, None, "admin")
+            else:
+                qa.access(request, filters.tenant_id, "read")
             if hub.clients >= qa.settings.live_max_clients:
                 raise ApiError(503, "too_many_clients", "this worker serves enough live clients")
             if not hub.started.is_set():

@@ -10,6 +10,7 @@ A forwarded request carries the caller's own credentials, and the owner checks t
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
     from streams.app import QuotaApp
 
 __all__ = ["ApiError", "quota_rows", "register"]
+
+log = logging.getLogger(__name__)
 
 LEVELS = ("tenant", "project", "user", "system")
 
@@ -223,6 +226,41 @@ def register(qa: QuotaApp) -> None:
     @app.page("/api/v1/quotas")
     async def quotas_view(self: web.View, request: web.Request) -> web.Response:
         return await routed(self, request, quotas)
+
+    @app.page("/api/v1/quotas/hierarchy")
+    async def hierarchy_view(self: web.View, request: web.Request) -> web.Response:
+        """The tenant's projects with the users holding resources in each
+        (``streams.hierarchy``), from the owner's committed state."""
+        from streams.hierarchy import Membership, read_instances
+
+        try:
+            if (request.query.get("level") or "tenant") != "tenant":
+                raise ApiError(400, "invalid_level", "the hierarchy is read for a tenant")
+            tenant_id, _level, _entity_id = _entity(request)
+            if tenant_id == "system":
+                raise ApiError(400, "invalid_entity", "system is not a tenant")
+            qa.access(request, tenant_id, "read")
+        except ApiError as exc:
+            return error(self, exc)
+        try:
+            return await app.router.route_req(qa.state.name, tenant_id, self.web, request)
+        except SameNode:
+            pass
+        rec, _exists = qa.store.committed_record(tenant_id)
+        members = Membership()
+        members.state(rec.tenant)
+        try:
+            partition = qa.store.partition_of(tenant_id)
+            truncated = await read_instances(qa.store.base, partition, tenant_id, members)
+        except Exception:  # partitions moved while reading: the caller retries
+            log.exception("reading the instances of %s for the hierarchy failed", tenant_id)
+            return error(self, ApiError(503, "unavailable", "the tenant's state moved; retry"))
+        state = rec.state
+        as_of = {
+            "event_time": format_time_us(state.watermark_us) if state.watermark_us else None,
+            "offsets": rec.guard,
+        }
+        return self.json({**members.body(tenant_id), "truncated": truncated, "as_of": as_of})
 
     @app.page("/healthz")
     async def healthz(self: web.View, request: web.Request) -> web.Response:

@@ -115,15 +115,18 @@ export const enforcement = {
   send: (method, path, params, body) => call(config.api_url, method, path, params, body),
 };
 
-// The live feed of one tenant. A browser cannot set headers on a WebSocket, so the token goes
-// as a subprotocol ("bearer.<token>") next to "novaquota". Reconnects with a backoff.
-export function live(tenantId, onMessage, onState) {
+// The live feed: of one tenant (a tenant id), or the query parameters of any subscription, such
+// as {scope: "all", types: "alert,quota_exceeded"} (every tenant's violations and alerts, for an
+// admin). A browser cannot set headers on a WebSocket, so the token goes as a subprotocol
+// ("bearer.<token>") next to "novaquota". Reconnects with a backoff.
+export function live(subscription, onMessage, onState) {
+  const params = typeof subscription === "string" ? { entity_id: subscription } : subscription;
   let socket = null;
   let closed = false;
   let delay = 500;
   const open = () => {
     if (closed) return;
-    const url = `${config.live_url}/api/v1/quotas/live${query({ entity_id: tenantId })}`;
+    const url = `${config.live_url}/api/v1/quotas/live${query(params)}`;
     socket = new WebSocket(url, ["novaquota", `bearer.${session.token}`]);
     socket.onopen = () => {
       delay = 500;

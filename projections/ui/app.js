@@ -131,19 +131,58 @@ function currentTenant() {
 function overviewPage() {
   const tenantsBox = h("div", { "aria-live": "polite" });
   const opsBox = h("div");
-  const feed = h("ol", { id: "alerts", class: "feed", "aria-live": "polite" });
+  const feed = h("ol", { id: "alerts", class: "feed", "aria-live": "polite" },
+    h("li", { class: "none" }, "None since this page was opened."));
   const search = h("input", { id: "tenant-q", type: "search", name: "q", autocomplete: "off" });
   const sort = h("select", { id: "tenant-sort", name: "sort" },
     h("option", { value: "utilization" }, "highest utilization"),
     h("option", { value: "tenant_id" }, "tenant id"));
   const tokens = [null]; // page tokens: tokens[i] opens page i
   let pageNo = 0;
-  let sockets = [];
-  const closeSockets = () => {
-    for (const s of sockets) s.close();
-    sockets = [];
-  };
-  onLeave(closeSockets);
+  const countsBox = h("div", { id: "violations-by-kind", "aria-live": "polite" }, h("p", {}, "Loading…"));
+  const liveState = h("span", { id: "overview-live-state", class: "pill" }, "connecting");
+  // Open violations by kind: the operations overview's counts, then the live socket's
+  // quota_exceeded / violation_resolved applied as they come. The projection's counts are taken
+  // again on a refresh only when nothing arrived live for a few seconds (so they already hold
+  // what arrived), which also heals anything missed while the socket was down.
+  let counts = null;
+  let lastDelta = 0;
+  const opened = new Set();
+  const resolved = new Set();
+  const SETTLE_MS = 3000;
+
+  function renderCounts() {
+    const kinds = Object.entries(counts || {}).filter(([, n]) => n > 0).sort(([a], [b]) => a.localeCompare(b));
+    countsBox.replaceChildren(kinds.length
+      ? h("dl", { class: "counts" }, kinds.map(([k, n]) => [h("dt", {}, k), h("dd", { dataset: { kind: k } }, fmt(n, 0))]))
+      : h("p", {}, "None open."));
+  }
+
+  function delta(kind, by) {
+    if (!counts) return; // the first read of the counts is on its way and will hold it
+    lastDelta = Date.now();
+    counts[kind] = Math.max(0, (counts[kind] || 0) + by);
+    renderCounts();
+  }
+
+  function onLive(msg) {
+    const d = msg.data || {};
+    if (msg.type === "quota_exceeded") {
+      if (opened.has(d.violation_id)) return;
+      opened.add(d.violation_id);
+      delta(d.kind || "unknown", +1);
+    } else if (msg.type === "violation_resolved") {
+      if (resolved.has(d.violation_id)) return;
+      resolved.add(d.violation_id);
+      delta(d.kind || "unknown", -1);
+    }
+    for (const li of [...feed.children]) if (li.classList.contains("none")) li.remove();
+    feed.prepend(h("li", { dataset: { type: msg.type, tenant: d.tenant_id } },
+      h("time", { datetime: d.resolved_at || d.detected_at || "" }, new Date().toLocaleTimeString()),
+      " ", h("a", { href: `#/tenant/${encodeURIComponent(d.tenant_id)}` }, d.tenant_id),
+      ` · ${msg.type} · ${d.kind || ""} ${d.resource_type || ""} `, d.message || ""));
+    while (feed.children.length > 50) feed.lastChild.remove();
+  }
 
   async function loadTenants() {
     let data;
@@ -175,18 +214,6 @@ function overviewPage() {
         h("button", { type: "button", disabled: pageNo === 0, onclick: () => { pageNo -= 1; loadTenants(); } }, "Previous"),
         h("button", { type: "button", disabled: !data.next_page_token, onclick: () => { pageNo += 1; loadTenants(); } }, "Next")),
     );
-    // live alerts of the tenants on this page (the feed is per tenant)
-    closeSockets();
-    for (const t of data.tenants.slice(0, 10)) {
-      sockets.push(live(t.tenant_id, (msg) => {
-        if (!["alert", "cost_alert", "quota_exceeded", "violation_resolved"].includes(msg.type)) return;
-        const d = msg.data;
-        feed.prepend(h("li", {}, h("time", { datetime: d.detected_at || d.resolved_at || "" },
-          new Date().toLocaleTimeString()), ` ${d.tenant_id} · ${msg.type} · ${d.kind || ""} ${d.resource_type || ""} `,
-          d.message || ""));
-        while (feed.children.length > 50) feed.lastChild.remove();
-      }));
-    }
   }
 
   async function loadOperations() {
@@ -195,15 +222,15 @@ function overviewPage() {
       ops = await projections.get("/api/v1/operations/overview");
     } catch (err) {
       opsBox.replaceChildren(problem(err));
+      if (!counts) countsBox.replaceChildren(problem(err));
       return;
     }
-    const kinds = Object.entries(ops.open_violations_by_kind || {});
+    if (!counts || Date.now() - lastDelta > SETTLE_MS) {
+      counts = { ...(ops.open_violations_by_kind || {}) };
+      renderCounts();
+    }
     const dl = ops.dead_letters || { total: 0, by_reason: {}, recent: [] };
     opsBox.replaceChildren(
-      section("Open violations by kind", "h-violations",
-        kinds.length
-          ? h("dl", { id: "violations-by-kind", class: "counts" }, kinds.map(([k, n]) => [h("dt", {}, k), h("dd", {}, fmt(n, 0))]))
-          : h("p", { id: "violations-by-kind" }, "None open.")),
       section("Workers", "h-workers",
         h("table", { id: "workers" },
           h("thead", {}, h("tr", {}, ["Member", "Host", "Partitions", "Consumer lag", "Events/s"].map((c) => h("th", { scope: "col" }, c)))),
@@ -236,9 +263,19 @@ function overviewPage() {
         h("label", { for: "tenant-q" }, "Find a tenant"), search,
         h("label", { for: "tenant-sort" }, "Sort by"), sort),
       tenantsBox),
-    h("div", { class: "grid" }, opsBox,
-      section("Alerts (live, first 10 tenants of this page)", "h-alerts", feed)),
+    h("p", {}, "Live violations and alerts of every tenant: ", liveState),
+    h("div", { class: "grid" },
+      section("Open violations by kind", "h-violations", countsBox),
+      section("Alerts and violations (live, every tenant)", "h-alerts", feed)),
+    opsBox,
   );
+  // one socket for every tenant's violations and alerts (an admin's scope=all subscription)
+  const sub = live({ scope: "all", types: "alert,cost_alert,quota_exceeded,violation_resolved" }, onLive,
+    (state) => {
+      liveState.textContent = state;
+      if (state === "open") lastDelta = 0; // (re)connected: take the projection's counts again
+    });
+  onLeave(() => sub.close());
   loadTenants();
   loadOperations();
   const timer = setInterval(loadOperations, 5000);
@@ -288,20 +325,43 @@ function tenantPage(tenant) {
     return el;
   }
 
-  function put(r) {
+  // A row may be shown in several places (a user under each of its projects): every placement
+  // is redrawn when its figures change.
+  function update(r) {
     const k = key(r.level, r.entity_id, r.resource_type);
     const known = rows.get(k);
-    const merged = known ? { ...known.row, ...r } : r;
-    const el = rowEl(merged);
-    if (known) known.el.replaceWith(el);
-    rows.set(k, { row: merged, el });
+    const entry = known || { row: r, els: [] };
+    if (known) {
+      entry.row = { ...known.row, ...r };
+      entry.els = entry.els.map((el) => {
+        const next = rowEl(entry.row);
+        el.replaceWith(next);
+        return next;
+      });
+    }
+    rows.set(k, entry);
+    return entry;
+  }
+
+  function put(r) {
+    const entry = update(r);
+    const el = rowEl(entry.row);
+    entry.els.push(el);
     return el;
   }
 
-  function group(title, id, items) {
-    return h("details", { open: true, class: "node", id },
+  function group(title, id, items, data, ...below) {
+    return h("details", { open: true, class: "node", id, dataset: data },
       h("summary", {}, title),
-      h("ul", { class: "quotas" }, items));
+      h("ul", { class: "quotas" }, items), ...below);
+  }
+
+  const SHOWN = 50; // entities listed per node; the quota editor pages through the rest
+
+  function capped(items, render, what) {
+    const out = items.slice(0, SHOWN).map(render);
+    if (items.length > SHOWN) out.push(h("li", { class: "more" }, `… and ${items.length - SHOWN} more ${what}`));
+    return out;
   }
 
   async function loadTree() {
@@ -322,23 +382,43 @@ function tenantPage(tenant) {
         pages += 1;
       } while (token && pages < 5);
       projectsMore = token;
+      // which users hold resources in which project (null from a worker without the read)
+      const hier = await enforcement.get("/api/v1/quotas/hierarchy", { tenant_id: tenant }).catch((err) => {
+        if (err instanceof ApiError && err.status === 404 && err.code !== "not_found") return null;
+        throw err;
+      });
       const tenantRows = util.resources.map((r) => put({ ...r, level: "tenant", entity_id: tenant }));
-      const byLevel = (level) => [...entities.entries()].filter(([k]) => k.startsWith(`${level}:`));
-      const children = (level, label) => {
-        const list = byLevel(level);
-        if (!list.length) return null;
-        return h("details", { open: list.length <= 10, class: "node" },
-          h("summary", {}, `${label} (${list.length})`),
-          h("ul", { class: "children" }, list.map(([k, rs]) =>
-            h("li", {}, group(`${level} ${k.slice(level.length + 1)}`, null, rs.map(put))))));
+      const ids = (level) => [...entities.keys()].filter((k) => k.startsWith(`${level}:`)).map((k) => k.slice(level.length + 1));
+      const projects = new Map((hier ? hier.projects : []).map((p) => [p.project_id, p.users]));
+      for (const p of ids("project")) if (!projects.has(p)) projects.set(p, []);
+      const assigned = new Set([...projects.values()].flat());
+      const unassigned = [...new Set([...(hier ? hier.unassigned_users : []), ...ids("user")])]
+        .filter((u) => !assigned.has(u)).sort();
+      const entityNode = (level, id, ...more) => {
+        const rs = entities.get(`${level}:${id}`) || [];
+        return h("li", {},
+          group(`${level} ${id}`, null, rs.length ? rs.map(put) : [h("li", { class: "none" }, "No quota of its own.")],
+            { level, entity: id }, ...more));
       };
+      const usersNode = (users, label) => users.length
+        ? h("ul", { class: "children" }, h("li", {},
+          h("details", { open: users.length <= 10, class: "node" }, h("summary", {}, `${label} (${users.length})`),
+            h("ul", { class: "children" }, capped(users, (u) => entityNode("user", u), "users")))))
+        : null;
+      const projectList = [...projects.keys()].sort();
       tree.replaceChildren(
         h("ul", { class: "children" }, h("li", {},
           group(`tenant ${tenant}`, "node-tenant", tenantRows.length ? tenantRows : [h("li", {}, "No quota or usage yet.")]),
           h("ul", { class: "children" },
-            h("li", {}, children("project", "Projects")),
-            h("li", {}, children("user", "Users"))))),
+            projectList.length ? h("li", {}, h("details", { open: projectList.length <= 10, class: "node" },
+              h("summary", {}, `Projects (${projectList.length})`),
+              h("ul", { class: "children" },
+                capped(projectList, (p) => entityNode("project", p, usersNode(projects.get(p), "Users")), "projects")))) : null,
+            unassigned.length ? h("li", {}, h("details", { open: unassigned.length <= 10, class: "node", id: "node-unassigned" },
+              h("summary", {}, `Users in no project (${unassigned.length})`),
+              h("ul", { class: "children" }, capped(unassigned, (u) => entityNode("user", u), "users")))) : null))),
         ...(projectsMore ? [h("p", {}, "More quotas than shown; use the quota editor's pages.")] : []),
+        ...(hier && hier.truncated ? [h("p", {}, "The tenant has more instances than one read pairs; some users may be missing from their projects.")] : []),
       );
       const resources = [...new Set(util.resources.map((r) => r.resource_type))];
       resourceSel.replaceChildren(...resources.map((r) => h("option", { value: r }, r)));
@@ -421,7 +501,7 @@ function tenantPage(tenant) {
     if (msg.type === "usage_updated") {
       const k = key(d.level, d.entity_id, d.resource_type);
       const known = rows.get(k);
-      if (known) put({ ...d, available: undefined });
+      if (known) update({ ...d, available: undefined });
       else if (d.level === "tenant") {
         const node = document.querySelector("#node-tenant ul");
         if (node) node.append(put({ ...d, burst_limit: null, open_violations: [] }));

@@ -100,11 +100,19 @@ ENFORCEMENT: dict[tuple[str, str], Case] = {
     ),
     ("GET", "/api/v1/commands/{command_id}"): Case(f"/api/v1/commands/c1?tenant_id={B}"),
     ("GET", "/api/v1/quotas/live"): Case(f"/api/v1/quotas/live?entity_id={B}"),
+    ("GET", "/api/v1/quotas/hierarchy"): Case(f"/api/v1/quotas/hierarchy?tenant_id={B}"),
     ("GET", "/api/v1/auth/whoami"): Case("/api/v1/auth/whoami", scope="global"),
     ("GET", "/internal/usage"): Case("/internal/usage", scope="internal"),
     ("GET", "/internal/system"): Case("/internal/system", scope="internal"),
     ("GET", "/"): Case("/", scope="global"),  # Faust's index: {"status": "OK"}
 }
+ENFORCEMENT_VARIANTS: list[tuple[str, Case]] = [
+    # every tenant's violations and alerts: admin only, like every read spanning tenants
+    ("GET", Case("/api/v1/quotas/live?scope=all", scope="internal")),
+    ("GET", Case(f"/api/v1/quotas/live?entity_id={B}&types=alert", scope="tenant")),
+]
+"""Routes of the table above asked again with other parameters that change who may call."""
+
 UI_ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/ui/"): "/ui/",
     ("GET", "/ui/config.json"): "/ui/config.json",
@@ -274,6 +282,8 @@ def test_the_route_table_names_every_route(tmp_path: Path) -> None:
 def _cases(dep: Deployment) -> Iterator[tuple[str, str, Case]]:
     for w in dep.stack.workers:
         for (method, _), case in ENFORCEMENT.items():
+            yield w.url, method, case
+        for method, case in ENFORCEMENT_VARIANTS:
             yield w.url, method, case
     for (method, _), case in PROJECTIONS.items():
         yield dep.projections, method, case

@@ -551,3 +551,113 @@ def test_audit_page_lists_filters_pages_and_opens_a_report(dep: Deployment, page
     assert report.evaluate("getComputedStyle(document.body).marginTop") == "32px"
     report.close()
     accessible(page)
+
+
+# --- the all-tenants live feed and the tenant tree (branch livefeed) ----------------------------
+
+
+def publish_commands(d: Deployment, commands: list[dict[str, Any]]) -> None:
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(d.stack.produce, "quota-commands", commands).result()
+
+
+def _count(page: Any, kind: str) -> int:
+    text = page.evaluate(
+        "k => document.querySelector(`#violations-by-kind dd[data-kind='${k}']`)?.textContent",
+        kind,
+    )
+    return int(text.replace(",", "")) if text else 0
+
+
+def test_overview_follows_every_tenant_on_one_socket(dep: Deployment, page: Any) -> None:
+    """A tenant the page has never listed (it did not exist when the page opened) shows up in
+    the live feed and the open-violation counts, through one all-tenants socket."""
+    sockets: list[str] = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+    login(page, dep, dep.admin)
+    page.locator("#overview-live-state", has_text="open").wait_for()
+    page.locator("#tenants tbody tr").first.wait_for()
+    page.locator("#violations-by-kind :is(dl, p)").first.wait_for()
+    listed = page.locator("#tenants tbody tr").evaluate_all("rs => rs.map(r => r.dataset.tenant)")
+    assert "umbrella" not in listed
+    before = _count(page, "over_limit")
+
+    quota = {"level": "tenant", "entity_id": "umbrella", "resource_type": "cpu", "limit": 1}
+    publish_commands(dep, [command("quota.set", quota)])
+    path = "/api/v1/quotas?entity_id=umbrella"
+    dep.stack.wait_for(lambda: dep.api(dep.enforcement.url, path, dep.admin)[1].get("total") == 1)
+    publish(dep, [vm_created("umbrella", "umbrella-1", cpu=2, memory=512)])
+    opened = page.locator("#alerts li[data-tenant='umbrella'][data-type='quota_exceeded']")
+    opened.wait_for(timeout=15_000)
+    assert "over_limit" in opened.inner_text() and "cpu" in opened.inner_text()
+    alert = page.locator("#alerts li[data-tenant='umbrella'][data-type='alert']").first
+    alert.wait_for(timeout=15_000)  # 80 % and 95 % crossed at once: two threshold alerts
+    page.wait_for_function(
+        "n => Number(document.querySelector(\"#violations-by-kind dd[data-kind='over_limit']\")"
+        "?.textContent) === n",
+        arg=before + 1,
+        timeout=15_000,
+    )
+    live = [u for u in sockets if "/api/v1/quotas/live" in u]
+    assert len(live) == 1 and "scope=all" in live[0], sockets
+    accessible(page)
+    shot(page, dep, "overview")
+
+    publish(dep, [vm_deleted("umbrella", "umbrella-1")])
+    page.locator("#alerts li[data-tenant='umbrella'][data-type='violation_resolved']").wait_for(
+        timeout=15_000
+    )
+    page.wait_for_function(
+        "n => Number(document.querySelector(\"#violations-by-kind dd[data-kind='over_limit']\")"
+        "?.textContent ?? 0) === n",
+        arg=before,
+        timeout=15_000,
+    )
+    assert len([u for u in sockets if "/api/v1/quotas/live" in u]) == 1
+
+
+def test_tenant_tree_shows_users_under_their_projects(dep: Deployment, page: Any) -> None:
+    def quota(level: str, entity: str, limit: int) -> dict[str, Any]:
+        data = {"level": level, "entity_id": entity, "tenant_id": "hooli", "limit": limit}
+        return command("quota.set", {**data, "resource_type": "cpu"})
+
+    publish_commands(
+        dep, [quota("tenant", "hooli", 32), quota("user", "alice", 4), quota("user", "bob", 8)]
+    )
+    publish(
+        dep,
+        [
+            vm_created("hooli", "h-1", cpu=2, project_id="mobile", user_id="alice"),
+            vm_created("hooli", "h-2", cpu=1, project_id="mobile", user_id="bob"),
+            vm_created("hooli", "h-3", cpu=1, project_id="backend", user_id="bob"),
+            vm_created("hooli", "h-4", cpu=1, user_id="carol"),
+        ],
+    )
+    path = "/api/v1/quotas/hierarchy?tenant_id=hooli"
+    dep.stack.wait_for(
+        lambda: (
+            dep.api(dep.enforcement.url, path, dep.admin)[1].get("unassigned_users") == ["carol"]
+        )
+    )
+    login(page, dep, dep.admin)
+    page.goto(dep.projections + "/ui/#/tenant/hooli")
+    project = "#tree details[data-level='project'][data-entity='{}']"
+    user = " details[data-level='user'][data-entity='{}']"
+    alice = page.locator(project.format("mobile") + user.format("alice"))
+    alice.wait_for()
+    assert alice.locator("[data-key='user|alice|cpu'] .meter").get_attribute("data-used") == "2"
+    bob = [page.locator(project.format(p) + user.format("bob")) for p in ("mobile", "backend")]
+    for node in bob:  # in both projects, with its quota in each place
+        assert node.locator("[data-key='user|bob|cpu'] .meter").get_attribute("data-used") == "2"
+    # both places follow bob's usage live
+    publish(dep, [vm_created("hooli", "h-5", cpu=3, project_id="backend", user_id="bob")])
+    page.wait_for_function(
+        "() => [...document.querySelectorAll(\"[data-key='user|bob|cpu'] .meter\")]"
+        ".map(m => m.dataset.used).join() === '5,5'",
+        timeout=15_000,
+    )
+    assert page.locator(project.format("backend") + user.format("alice")).count() == 0
+    page.locator("#node-unassigned" + user.format("carol")).wait_for()
+    assert page.locator("#node-unassigned" + user.format("bob")).count() == 0
+    accessible(page)
+    shot(page, dep, "tenant-tree")

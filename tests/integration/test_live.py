@@ -161,6 +161,72 @@ def test_usage_violations_filters_and_bad_parameters(stack: Stack) -> None:
     asyncio.run(scenario())
 
 
+def of_tenants(client: Client, type_: str, n: int) -> list[dict[str, Any]] | None:
+    """The messages of a type once they come from ``n`` tenants."""
+    got = client.of(type_)
+    return got if len({d["tenant_id"] for d in got}) >= n else None
+
+
+def test_an_admin_follows_the_violations_and_alerts_of_every_tenant(stack: Stack) -> None:
+    """scope=all: one socket for every tenant's violations and alerts (admin only), never
+    usage; ``types`` narrows it, and a tenant's subscription too."""
+    base = stack.workers[0].url + "/api/v1/quotas/live"
+    admin = stack.workers[0].credentials.admin_token
+    viewer = stack.workers[0].credentials.token("all-viewer", "viewer", "ta")
+    stack.wait_for(lambda: http_status(f"{base}?entity_id=ta", viewer)[0] == 400)  # token read
+    status, body = http_status(f"{base}?scope=all", viewer)  # a tenant's token: admin-only
+    assert (status, body["error"]["code"]) == (404, "not_found")
+    for query, code in [
+        ("scope=all&types=usage_updated", "invalid_types"),
+        ("scope=all&types=alert,usage_updated", "invalid_types"),
+        ("scope=all&types=unicorns", "invalid_types"),
+        ("scope=all&entity_id=ta", "invalid_scope"),
+        ("scope=galaxy", "invalid_scope"),
+        ("entity_id=ta&types=lagging", "invalid_types"),
+        ("scope=all", "websocket_required"),  # a plain GET, no upgrade: the admin may
+    ]:
+        status, body = http_status(f"{base}?{query}", admin)
+        assert (status, body["error"]["code"]) == (400, code), query
+
+    tenants = ("ta", "tb")
+    stack.produce("quota-commands", [quota(t, "cpu", 1) for t in tenants])
+    stack.wait_for(
+        lambda: all(stack.get(f"/api/v1/quotas?entity_id={t}")[1]["total"] == 1 for t in tenants)
+    )
+
+    async def scenario() -> None:
+        every, every_task = await subscribe(ws_url(stack, "scope=all"), admin)
+        resolved, resolved_task = await subscribe(
+            ws_url(stack, "scope=all&types=violation_resolved"), admin
+        )
+        one, one_task = await subscribe(ws_url(stack, "entity_id=tb&types=quota_exceeded"), admin)
+        await produce(stack, "resource-events", [vm_created(t, f"{t}-vm", cpu=2) for t in tenants])
+        opened = await until(lambda: of_tenants(every, "quota_exceeded", 2))
+        assert {(d["tenant_id"], d["kind"], d["resource_type"]) for d in opened} == {
+            (t, "over_limit", "cpu") for t in tenants
+        }
+        alerts = await until(lambda: of_tenants(every, "alert", 2))
+        assert all(d["kind"] == "threshold" for d in alerts)
+        await until(lambda: one.of("quota_exceeded"))
+
+        await produce(stack, "resource-events", [vm_deleted(t, f"{t}-vm") for t in tenants])
+        closed = await until(lambda: of_tenants(resolved, "violation_resolved", 2))
+        assert {d["violation_id"] for d in closed} == {d["violation_id"] for d in opened}
+        await until(lambda: len(every.of("violation_resolved")) == 2)
+        # the usage went up and down twice meanwhile: none of it reached an all-tenants socket
+        assert {m["type"] for m in every.messages} == {
+            "quota_exceeded", "alert", "violation_resolved"
+        }  # fmt: skip
+        assert {m["type"] for m in resolved.messages} == {"violation_resolved"}
+        assert [(m["type"], m["data"]["tenant_id"]) for m in one.messages] == [
+            ("quota_exceeded", "tb")
+        ]
+        for task in (every_task, resolved_task, one_task):
+            task.cancel()
+
+    asyncio.run(scenario())
+
+
 def test_a_tenant_owned_by_the_other_worker(stack_factory: Callable[..., Stack]) -> None:
     stack = stack_factory(4)
     stack.start_worker()

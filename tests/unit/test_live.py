@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -38,12 +39,40 @@ def test_filters_from_the_contract_parameters() -> None:
         ({"level": "user", "entity_id": "u1"}, "missing_tenant_id"),
         ({"level": "tenant", "tenant_id": "t1", "entity_id": "t2"}, "invalid_entity"),
         ({"entity_id": "system"}, "invalid_entity"),
+        ({"scope": "galaxy"}, "invalid_scope"),
+        ({"scope": "all", "entity_id": "t1"}, "invalid_scope"),
+        ({"scope": "all", "tenant_id": "t1"}, "invalid_scope"),
+        ({"scope": "all", "types": "usage_updated"}, "invalid_types"),
+        ({"scope": "all", "types": "alert,usage_updated"}, "invalid_types"),
+        ({"entity_id": "t1", "types": "alert,lagging"}, "invalid_types"),
+        ({"entity_id": "t1", "types": "unicorns"}, "invalid_types"),
     ],
 )
 def test_bad_parameters_are_400(query: dict[str, str], code: str) -> None:
     with pytest.raises(ApiError) as err:
         parse_filters(query)
     assert (err.value.status, err.value.code) == (400, code)
+
+
+def test_all_tenants_offers_violations_and_alerts_of_every_tenant() -> None:
+    every = parse_filters({"scope": "all"})
+    assert every == Filters(None) and every.all_tenants
+    exceeded = {"type": "quota_exceeded", "data": {"tenant_id": "t9", "level": "tenant",
+                "entity_id": "t9", "resource_type": "cpu"}}  # fmt: skip
+    alert = {"type": "alert", "data": {**exceeded["data"], "tenant_id": "t2", "entity_id": "t2"}}
+    assert every.accepts(exceeded) and every.accepts(alert)
+    assert not every.wants("usage_updated")
+    body = {"tenant_id": "t1", "as_of_us": 0, "rows": [["tenant", "t1", "cpu", 1, None, 0]]}
+    assert list(usage_messages(body, every)) == []
+    only = parse_filters({"scope": "all", "types": "alert, cost_alert", "resource_type": "cpu"})
+    assert only.types == frozenset({"alert", "cost_alert"})
+    assert only.accepts(alert) and not only.accepts(exceeded)
+    assert not only.accepts({**alert, "data": {**alert["data"], "resource_type": "memory"}})
+    # types narrows one tenant's subscription too; its tenant is still checked
+    one = parse_filters({"entity_id": "t1", "types": "usage_updated,quota_exceeded"})
+    assert list(usage_messages(body, one)) and not one.accepts(exceeded)
+    assert one.accepts({**exceeded, "data": {**exceeded["data"], "tenant_id": "t1"}})
+    assert not one.accepts({**alert, "data": {**alert["data"], "tenant_id": "t1"}})
 
 
 def usage(entity: str, used: int) -> dict[str, Any]:
@@ -125,3 +154,36 @@ def test_the_diff_sends_changed_rows_and_zeroes_what_disappeared() -> None:
     assert diff.changed("t1", iter([a])) == [("user", "u2", "cpu", 0, None, 0)]
     diff.changed("t2", iter([a]))  # t1 is forgotten: it sends everything again
     assert diff.changed("t1", iter([a])) == [a]
+
+
+def test_the_hub_hands_every_tenant_s_violations_to_all_tenants_subscribers_only() -> None:
+    import orjson
+
+    from streams.live_web import LiveHub
+
+    topics = SimpleNamespace(live="live", quota_violations="violations", quota_alerts="alerts")
+    gauge = SimpleNamespace(set=lambda n: None)
+    qa = SimpleNamespace(
+        settings=SimpleNamespace(topics=topics), metrics=SimpleNamespace(live_clients=gauge)
+    )
+    hub = LiveHub(qa)  # type: ignore[arg-type]
+    every = Subscriber(parse_filters({"scope": "all"}), max_pending=10)
+    t1 = Subscriber(Filters("t1"), max_pending=10)
+    hub.subscribe(every)
+    hub.subscribe(t1)
+    assert hub.clients == 2
+
+    def violation(tenant: str) -> bytes:
+        data = {"tenant_id": tenant, "level": "tenant", "entity_id": tenant}
+        data.update(resource_type="cpu", kind="over_limit", violation_id=f"v-{tenant}")
+        return orjson.dumps({"type": "quota.violation", "data": data})
+
+    snapshot = {"tenant_id": "t2", "as_of_us": 0, "rows": [["tenant", "t2", "cpu", 1, None, 0]]}
+    assert not hub.dispatch("live", b"t2", orjson.dumps(snapshot))  # usage: never decoded
+    assert hub.dispatch("violations", b"t2", violation("t2"))
+    assert hub.dispatch("violations", b"t1", violation("t1"))
+    assert [m["data"]["tenant_id"] for m in every.take()] == ["t2", "t1"]
+    assert [m["data"]["tenant_id"] for m in t1.take()] == ["t1"]
+    hub.unsubscribe(every)
+    assert not hub.dispatch("violations", b"t2", violation("t2"))  # nobody wants t2 any more
+    assert hub.clients == 1
