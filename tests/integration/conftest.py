@@ -51,6 +51,21 @@ class Stack:
         self.workers.append(w)
         return w.start(wait_ready=wait_ready)
 
+    def owned(self, worker: int) -> list[int]:
+        """The input partitions ``worker`` owns, once no rebalance is going on (else [])."""
+        status, body = self.workers[worker].get("/internal/usage")
+        return body["partitions"] if status == 200 and not body["rebalancing"] else []
+
+    def wait_split(self, timeout: float = 90.0) -> None:
+        """Until the first two workers share every partition between them."""
+        self.wait_for(
+            lambda: (
+                bool(self.owned(0) and self.owned(1))
+                and len(self.owned(0)) + len(self.owned(1)) == self.partitions
+            ),
+            timeout=timeout,
+        )
+
     def produce(
         self,
         name: str,

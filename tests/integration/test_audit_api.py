@@ -22,6 +22,7 @@ from ops.topics import create_topics
 from projections.audit import CHUNK, home_partition
 from tests.integration.conftest import Stack
 from tests.support.events import command
+from tests.support.http import call as http_call
 from tests.support.kafka import produce_raw
 from tests.support.worker import ProjectionProcess, WorkerProcess
 
@@ -48,20 +49,7 @@ class Deployment:
 def call(
     url: str, token: str | None, method: str = "GET", body: Any = None
 ) -> tuple[int, Any, Any]:
-    headers = {"content-type": "application/json"}
-    if token:
-        headers["authorization"] = f"Bearer {token}"
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=90) as resp:
-            status, raw, rh = resp.status, resp.read(), resp.headers
-    except urllib.error.HTTPError as err:
-        status, raw, rh = err.code, err.read(), err.headers
-    try:
-        return status, json.loads(raw), rh
-    except ValueError:
-        return status, raw, rh
+    return http_call(url, method, body, token=token or None, timeout=90)
 
 
 def audit(d: Deployment, token: str | None = None, **params: Any) -> tuple[int, Any]:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +31,7 @@ from streams.settings import Settings
 from streams.tokens import revoke_token
 from tests.integration.conftest import Stack
 from tests.support.events import command
+from tests.support.http import call
 from tests.support.worker import Credentials, ProjectionProcess, WorkerProcess
 
 pytestmark = pytest.mark.integration
@@ -182,31 +181,6 @@ class Deployment:
     @property
     def servers(self) -> list[str]:
         return [w.url for w in self.stack.workers] + [self.projections]
-
-
-def call(
-    url: str,
-    method: str,
-    body: Any = None,
-    *,
-    token: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> tuple[int, Any, Any]:
-    """(status, JSON body or raw bytes, response headers)."""
-    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-    hdrs = {"content-type": "application/json", **(headers or {})}
-    if token is not None:
-        hdrs["authorization"] = f"Bearer {token}"
-    req = urllib.request.Request(url, data=data, method=method, headers=hdrs)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            status, raw, rh = resp.status, resp.read(), resp.headers
-    except urllib.error.HTTPError as err:
-        status, raw, rh = err.code, err.read(), err.headers
-    try:
-        return status, json.loads(raw), rh
-    except ValueError:
-        return status, raw, rh
 
 
 @pytest.fixture(scope="module")

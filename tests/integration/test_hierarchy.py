@@ -25,12 +25,7 @@ def test_users_under_the_projects_they_hold_resources_in(
     stack = stack_factory(4)
     stack.start_worker()
     stack.start_worker()
-
-    def owned(worker: int) -> list[int]:
-        status, body = stack.get("/internal/usage", worker)
-        return body["partitions"] if status == 200 and not body["rebalancing"] else []
-
-    stack.wait_for(lambda: owned(0) and owned(1) and len(owned(0)) + len(owned(1)) == 4)
+    stack.wait_split()
     stack.produce("quota-commands", [user_quota("hx", "lonely")])
     stack.produce(
         "resource-events",

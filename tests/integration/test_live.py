@@ -231,13 +231,8 @@ def test_a_tenant_owned_by_the_other_worker(stack_factory: Callable[..., Stack])
     stack = stack_factory(4)
     stack.start_worker()
     stack.start_worker()
-
-    def owned(worker: int) -> list[int]:
-        status, body = stack.get("/internal/usage", worker)
-        return body["partitions"] if status == 200 and not body["rebalancing"] else []
-
-    stack.wait_for(lambda: owned(0) and owned(1) and len(owned(0)) + len(owned(1)) == 4)
-    theirs = set(owned(1))
+    stack.wait_split()
+    theirs = set(stack.owned(1))
     tenant = next(t for t in (f"far{i}" for i in range(100)) if home_partition(t, 4) in theirs)
     stack.produce("quota-commands", [quota(tenant, "instances", 1)])
     stack.wait_for(lambda: stack.get(f"/api/v1/quotas?entity_id={tenant}")[1]["total"] == 1)
