@@ -16,24 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ops.processes import HarnessAuth
 from streams.tokens import create_token
 
 __all__ = ["Credentials", "ProjectionProcess", "WorkerProcess", "free_port", "provision"]
 
 
 @dataclass(frozen=True)
-class Credentials:
-    """A test deployment's token file, its admin token and the workers' internal secret."""
-
-    tokens_file: Path
-    admin_token: str
-    internal_secret: str
-
-    def env(self) -> dict[str, str]:
-        return {
-            "NOVAQUOTA_TOKENS_FILE": str(self.tokens_file),
-            "NOVAQUOTA_INTERNAL_SECRET": self.internal_secret,
-        }
+class Credentials(HarnessAuth):
+    """A test deployment's token file, its admin token and the workers' internal secret (the
+    bench harness's ``HarnessAuth``), and more tokens made on demand."""
 
     def token(self, name: str, role: str, tenant: str | None = None) -> str:
         return create_token(self.tokens_file, name, role, tenant)
