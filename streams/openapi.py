@@ -22,8 +22,9 @@ from jinja2 import Environment
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from schemas.api_views import ErrorBody
-from streams.api_routes import ROUTES, SERVERS, SWITCHING, Route, Server
+from novaquota import __version__
+from novaquota.schemas.api_views import ErrorBody
+from novaquota.streams.api_routes import ROUTES, SERVERS, SWITCHING, Route, Server
 
 __all__ = ["add_document_routes", "docs_html", "openapi_document"]
 
@@ -142,7 +143,7 @@ def openapi_document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {
             "title": "NovaCron Quota Stream",
-            "version": "0.1.0",
+            "version": __version__,
             "description": "Both HTTP servers in one document. Each operation lists the server "
             "that answers it (`servers`, and `x-novaquota-server`: `enforcement` on port 6066, "
             "`projections` on 6067); both serve this document at /api/v1/openapi.json and /docs. "
