@@ -96,7 +96,7 @@ def _safe(value: Any) -> Any:
 
 
 class TextFormatter(logging.Formatter):
-    """``2026-11-28T14:05:09.123Z WARNING novaquota.streams.agents: message event_id=... tenant_id=...``"""
+    """``2026-11-28T14:05:09.123Z WARNING novaquota.streams.agents: message event_id=...``"""
 
     def format(self, record: logging.LogRecord) -> str:
         line = f"{_iso(record.created)} {record.levelname} {record.name}: {record.getMessage()}"
