@@ -30,12 +30,12 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
 
 from ops.cli import DELEGATED, build_parser
 from projections.config import ProjectionSettings
 from streams.settings import Settings, TopicNames
+from tests.support.settings_names import delivery_settings, env_names
 from tests.support.tools import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -416,29 +416,6 @@ def _cli_commands() -> set[str]:
     return set(sub.choices) | set(DELEGATED)
 
 
-def _env_names(cls: type[BaseSettings]) -> set[str]:
-    """The environment variables pydantic-settings reads for ``cls``."""
-    prefix = str(cls.model_config.get("env_prefix", ""))
-    names: set[str] = set()
-    for field, info in cls.model_fields.items():
-        alias = info.validation_alias
-        if isinstance(alias, AliasChoices):
-            names |= {c.upper() for c in alias.choices if isinstance(c, str)}
-        elif isinstance(alias, str):
-            names.add(alias.upper())
-        else:
-            names.add(f"{prefix}{field}".upper())
-    return names
-
-
-def _delivery_settings() -> type[BaseSettings] | None:
-    try:
-        from streams.delivery.settings import DeliverySettings  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    return DeliverySettings  # type: ignore[no-any-return]
-
-
 def _settings_for(container: dict[str, Any]) -> list[type[BaseSettings]]:
     """The settings classes the process a container runs reads (by its command)."""
     command = container["args"][0]
@@ -446,7 +423,7 @@ def _settings_for(container: dict[str, Any]) -> list[type[BaseSettings]]:
     if command == "projections":
         classes.append(ProjectionSettings)
     elif command == "deliver":
-        delivery = _delivery_settings()
+        delivery = delivery_settings()
         if delivery is None:
             pytest.skip("the delivery worker (streams.delivery) is not in this tree")
         classes.append(delivery)
@@ -472,10 +449,10 @@ def test_every_environment_variable_is_a_setting(kustomization: str) -> None:
     for _workload, template in _pod_specs(docs):
         for container in _containers(template):
             command = container["args"][0]
-            if command == "deliver" and _delivery_settings() is None:
+            if command == "deliver" and delivery_settings() is None:
                 continue  # checked once the delivery worker is in the tree
             assert command in known_commands, command
-            allowed = set().union(*(_env_names(c) for c in _settings_for(container)))
+            allowed = set().union(*(env_names(c) for c in _settings_for(container)))
             env = _env_of(container, docs)
             for name, value in env.items():
                 if name in HELPER_ENV:
@@ -495,7 +472,7 @@ def test_the_settings_accept_every_value(
     docs = _rendered(kustomization)
     for _workload, template in _pod_specs(docs):
         for container in _containers(template):
-            if container["args"][0] == "deliver" and _delivery_settings() is None:
+            if container["args"][0] == "deliver" and delivery_settings() is None:
                 continue
             with monkeypatch.context() as m:
                 for name in [n for n in os.environ if n.startswith("NOVAQUOTA_")]:
