@@ -624,7 +624,7 @@ def test_the_delivery_configuration_reads_its_secrets_from_the_mounted_secret() 
 
 def test_the_delivery_configuration_is_valid() -> None:
     try:
-        from streams.delivery.config import DeliveryConfig  # type: ignore[import-not-found]
+        from streams.delivery.config import DeliveryConfig
     except ImportError:
         pytest.skip("the delivery worker (streams.delivery) is not in this tree")
     cm = _one(_rendered("base"), "ConfigMap", "novaquota-delivery")
