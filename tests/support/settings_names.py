@@ -28,7 +28,7 @@ def delivery_settings() -> type[BaseSettings] | None:
     """The delivery worker's settings class, or None where the delivery worker is not in the
     tree."""
     try:
-        from streams.delivery.settings import DeliverySettings
+        from novaquota.streams.delivery.settings import DeliverySettings
     except ImportError:
         return None
     return DeliverySettings

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from projections.config import ProjectionSettings
-from streams.settings import Settings
+from novaquota.projections.config import ProjectionSettings
+from novaquota.streams.settings import Settings
 from tests.support.settings_names import delivery_settings, env_names
 from tests.support.tools import require_tool
 

@@ -32,9 +32,9 @@ import pytest
 import yaml
 from pydantic_settings import BaseSettings
 
-from ops.cli import DELEGATED, build_parser
-from projections.config import ProjectionSettings
-from streams.settings import Settings, TopicNames
+from novaquota.ops.cli import DELEGATED, build_parser
+from novaquota.projections.config import ProjectionSettings
+from novaquota.streams.settings import Settings, TopicNames
 from tests.support.settings_names import delivery_settings, env_names
 from tests.support.tools import require_tool
 
@@ -624,7 +624,7 @@ def test_the_delivery_configuration_reads_its_secrets_from_the_mounted_secret() 
 
 def test_the_delivery_configuration_is_valid() -> None:
     try:
-        from streams.delivery.config import DeliveryConfig
+        from novaquota.streams.delivery.config import DeliveryConfig
     except ImportError:
         pytest.skip("the delivery worker (streams.delivery) is not in this tree")
     cm = _one(_rendered("base"), "ConfigMap", "novaquota-delivery")
