@@ -44,8 +44,9 @@ browser: ## Debian's chromium for the dashboard tests (apt-get; Playwright drive
 screenshots: $(STAMP) browser ## the dashboard tests, saving each page's screenshot into docs/img/
 	NOVAQUOTA_UI_SCREENSHOTS=docs/img $(PY) -m pytest tests/integration/test_dashboard.py $(PYTEST_ARGS)
 
-tools: ## promtool for the alert-rule tests (built once with Go; fetches Go if missing)
+tools: ## promtool and kustomize for the alert-rule and manifest tests (built once with Go; fetches Go if missing)
 	@bash ops/tools/promtool.sh >/dev/null
+	@bash ops/tools/kustomize.sh >/dev/null
 
 test-unit: $(STAMP) ## the pure unit tests only (no broker)
 	$(PY) -m pytest -p no:cacheprovider -m "not integration" $(PYTEST_ARGS)
