@@ -200,7 +200,7 @@ Command = Callable[[argparse.Namespace, Settings], int]
 # These parse their own options (``novaquota bench --help``).
 DELEGATED: dict[str, tuple[str, Command]] = {
     "demo": ("the main job: broker, topics, workers and a live workload", _cmd_demo),
-    "bench": ("benchmarks against the real broker (JSON report)", _cmd_bench),
+    "bench": ("benchmarks against the real broker (a headline table or a JSON report)", _cmd_bench),
     "simulate": ("the seeded workload simulator (to Kafka or a JSON-lines file)", _cmd_simulate),
     "projections": ("projection workers: analytics, forecasts, cost, reports", _cmd_projections),
     "replay": ("rebuild state as of a time from the log: an audit report", _cmd_replay),
