@@ -318,7 +318,8 @@ def test_readme_using_it_block_runs_as_written(
         elif argv[:3] == ["novaquota", "kafka", "stop"]:
             done.append("kafka stop (skipped: the suite shares the broker)")
         elif argv[:3] == ["novaquota", "kafka", "start"]:
-            started = json.loads(run(argv, cwd=cwd, env=env, timeout=300))
+            # the README shows the text status; its JSON is asked for here to check it
+            started = json.loads(run([*argv, "--output", "json"], cwd=cwd, env=env, timeout=300))
             assert started["reachable"], started
             # it found the running broker and started nothing
             assert started.get("external") or started.get("pid") == broker_before.get("pid"), (
