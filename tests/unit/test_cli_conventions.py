@@ -305,3 +305,25 @@ def test_schemas_into_a_file_is_a_usage_error(tmp_path: Path) -> None:
     blocker.write_text("")
     proc = run("schemas", "export", str(blocker / "sub"))
     assert proc.returncode == 2 and "cannot write" in proc.stderr
+
+
+def test_timeouts_raised_inside_commands_exit_4(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The other timeouts of the table, raised where the commands raise them."""
+    from ops import kafka_local
+    from projections import replay
+    from projections.log import LogReadTimeout
+
+    def slow_start(settings: object, *, timeout: float) -> dict[str, object]:
+        raise kafka_local.KafkaStartTimeout(f"the Kafka broker did not answer in {timeout:g} s")
+
+    monkeypatch.setattr(kafka_local, "start", slow_start)
+    assert cli.main(["kafka", "start", "--timeout", "1"]) == ExitCode.TIMEOUT
+    assert "did not answer in 1 s" in capsys.readouterr().err
+
+    def stalled(args: argparse.Namespace) -> int:
+        raise LogReadTimeout("no records for 30s while reading t[0]")
+
+    assert replay.run_cli(["--until", "2026-11-01T00:00:00Z"], replay.build_parser(), stalled) == 4
+    assert "no records for 30s" in capsys.readouterr().err
