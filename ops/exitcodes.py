@@ -10,7 +10,8 @@ code  name                   meaning
 2     USAGE                  bad command line: argparse errors, bad option values, a file
                              named on the command line that cannot be read or written, or
                              settings that contradict what exists (topics with another
-                             partition count, a topic prefix with no topics)
+                             partition count, a topic prefix with no topics); an ``--out``
+                             file that cannot be written
 3     KAFKA_UNREACHABLE      the broker at ``KAFKA_BOOTSTRAP_SERVERS`` does not answer
 4     TIMEOUT                something did not happen in time: a broker that did not come
                              up in ``kafka start``, created topics that were not listed,
@@ -57,4 +58,6 @@ def code_for(exc: BaseException) -> ExitCode | None:
         return ExitCode.USAGE
     if isinstance(exc, KafkaLocalError):  # no Java, no Maven, a port in use, a broker that died
         return ExitCode.REJECTED
+    if isinstance(exc, OSError) and not isinstance(exc, ConnectionError):
+        return ExitCode.USAGE  # a file or directory of the command line: --out, --plot, ...
     return None

@@ -1174,6 +1174,11 @@ def run_cli(
     except ArgumentError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # --out FILE cannot be written
+        if isinstance(exc, ConnectionError | TimeoutError):
+            raise
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
     except Exception as exc:
         from projections.log import LogReadError, LogReadTimeout
 

@@ -129,7 +129,9 @@ def test_exceptions_map_to_the_table() -> None:
     ):
         assert code_for(timeout) == ExitCode.TIMEOUT, timeout
     assert code_for(KafkaLocalError("no java")) == ExitCode.REJECTED
+    assert code_for(PermissionError(13, "Permission denied", "/x")) == ExitCode.USAGE
     assert code_for(ZeroDivisionError()) is None  # a bug keeps its traceback
+    assert code_for(ConnectionResetError()) is None
 
 
 # --- exit 2: usage ------------------------------------------------------------------------------
@@ -298,6 +300,15 @@ def test_schemas_simulate_and_backtest_output_json(tmp_path: Path) -> None:
     assert "model_wins" in json.loads(proc.stdout)
     text = run(*argv, "--origins", "1")
     assert text.returncode == 0 and "MASE ratio" in text.stdout
+
+
+def test_an_out_file_that_cannot_be_written_is_a_usage_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    argv = ["simulate", "--tenants", "2", "--duration", "5", "--out", str(blocker / "x.jsonl")]
+    proc = run(*argv)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "a-file" in proc.stderr
 
 
 def test_schemas_into_a_file_is_a_usage_error(tmp_path: Path) -> None:
