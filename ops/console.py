@@ -116,18 +116,24 @@ class Bar:
         from rich.console import Console
         from rich.progress import (
             BarColumn,
+            DownloadColumn,
             MofNCompleteColumn,
             Progress,
+            ProgressColumn,
             TextColumn,
             TimeElapsedColumn,
             TimeRemainingColumn,
         )
 
+        count: list[ProgressColumn] = (
+            [DownloadColumn()]
+            if self.unit == "bytes"
+            else [MofNCompleteColumn(), TextColumn(self.unit)]
+        )
         self._progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn(self.unit),
+            *count,
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=Console(file=sys.stderr),

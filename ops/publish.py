@@ -89,7 +89,7 @@ async def publish_lines(
             await prod.stop()
             raise
     pending: list[asyncio.Future[object]] = []
-    bar = Bar("publishing", enabled=progress, unit="bytes" if size else "lines")
+    bar = Bar("publish", enabled=progress, unit="bytes" if size else "lines")
     last = 0.0
 
     def show(final: bool = False) -> None:
@@ -98,7 +98,7 @@ async def publish_lines(
         if not final and now - last < 0.1:
             return
         last = now
-        note = f"publishing: {result.sent:,} sent, {len(result.errors):,} rejected"
+        note = f"publish: {result.sent:,} sent, {len(result.errors):,} rejected"
         if size is not None:
             bar.update(size[0][0], size[1], description=note)
         else:

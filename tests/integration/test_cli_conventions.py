@@ -204,12 +204,12 @@ def test_progress_bars_on_a_terminal_only(dep: Deployment) -> None:
 
     rc, out, terminal = dep.run_on_a_terminal("publish", str(path), "--output", "json")
     assert rc == 0, terminal
-    assert "publishing" in terminal and BAR in terminal
+    assert "publish: " in terminal and " sent, 0 rejected" in terminal and BAR in terminal
     assert json.loads(out)["rejected"] == 0  # the bar never reaches standard output
 
     piped = dep.run("publish", str(path))
     assert piped.returncode == 0
-    assert "publishing" not in piped.stderr and BAR not in piped.stderr
+    assert " sent, 0 rejected" not in piped.stderr and BAR not in piped.stderr
 
     rc, out, terminal = dep.run_on_a_terminal("publish", str(path), "--no-progress")
     assert rc == 0 and BAR not in terminal and out.startswith("published")
