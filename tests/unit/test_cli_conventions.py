@@ -338,3 +338,14 @@ def test_timeouts_raised_inside_commands_exit_4(
 
     assert replay.run_cli(["--until", "2026-11-01T00:00:00Z"], replay.build_parser(), stalled) == 4
     assert "no records for 30s" in capsys.readouterr().err
+
+
+def test_bench_output_json_is_the_report_alone(tmp_path: Path) -> None:
+    argv = ["bench", "--only", "core", "--events", "2000", "--tenants", "50"]
+    proc = run(*argv, "--output", "json", "--out", str(tmp_path / "bench.json"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    assert report["core"]["events_per_second"] > 0
+    assert report == json.loads((tmp_path / "bench.json").read_text())
+    text = run(*argv)
+    assert text.returncode == 0 and text.stdout.split()[:4] == ["figure", "value", "target", "met"]
