@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ops.console import (
+from novaquota.ops.console import (
     add_output_option,
     add_progress_options,
     package_version,
@@ -22,14 +22,14 @@ from ops.console import (
     print_table,
     progress_wanted,
 )
-from ops.exitcodes import ExitCode, code_for
-from streams.settings import Settings
+from novaquota.ops.exitcodes import ExitCode, code_for
+from novaquota.streams.settings import Settings
 
 __all__ = ["DELEGATED", "build_parser", "delegated_parsers", "main"]
 
 
 def _cmd_kafka(args: argparse.Namespace, settings: Settings) -> int:
-    from ops import kafka_local
+    from novaquota.ops import kafka_local
 
     if args.action == "start":
         st = kafka_local.start(settings, timeout=args.timeout)
@@ -50,7 +50,7 @@ def _cmd_kafka(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
-    from ops import topics
+    from novaquota.ops import topics
 
     if args.action == "create":
         report = asyncio.run(topics.create_topics(settings))
@@ -70,7 +70,7 @@ def _cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
-    from ops import publish
+    from novaquota.ops import publish
 
     if args.file != "-":
         try:
@@ -105,7 +105,7 @@ def _cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
-    from schemas.export import export_json_schemas
+    from novaquota.schemas.export import export_json_schemas
 
     try:
         written = export_json_schemas(Path(args.dir))
@@ -120,7 +120,7 @@ def _cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_tokens(args: argparse.Namespace, settings: Settings) -> int:
-    from streams import tokens
+    from novaquota.streams import tokens
 
     path = settings.tokens_file
     json_out = args.output == "json"
@@ -158,39 +158,39 @@ def _cmd_tokens(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from ops.topics import check_reachable
-    from streams.runner import run_worker
+    from novaquota.ops.topics import check_reachable
+    from novaquota.streams.runner import run_worker
 
     asyncio.run(check_reachable(settings))  # Faust would retry for ever: exit 3 instead
     return run_worker(settings, extra_argv=args.faust_args)
 
 
 def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
-    from ops import bench
+    from novaquota.ops import bench
 
     return bench.main(args.rest, settings)
 
 
 def _cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
-    from ops import simulate
+    from novaquota.ops import simulate
 
     return simulate.main(args.rest, settings)
 
 
 def _cmd_projections(args: argparse.Namespace, settings: Settings) -> int:
-    from projections import cli
+    from novaquota.projections import cli
 
     return cli.main(args.rest, settings)
 
 
 def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
-    from projections import replay
+    from novaquota.projections import replay
 
     return replay.main(args.rest, settings)
 
 
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from ops import demo
+    from novaquota.ops import demo
 
     return demo.main(args.rest, settings)
 
@@ -209,8 +209,8 @@ DELEGATED: dict[str, tuple[str, Command]] = {
 
 def delegated_parsers() -> dict[str, argparse.ArgumentParser]:
     """The parsers of the delegated commands, by command name (for ``--help`` and tests)."""
-    from ops import bench, demo, simulate
-    from projections import cli, replay
+    from novaquota.ops import bench, demo, simulate
+    from novaquota.projections import cli, replay
 
     return {
         "demo": demo.build_parser(),

@@ -45,9 +45,9 @@ def code_for(exc: BaseException) -> ExitCode | None:
     from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
     from pydantic import ValidationError
 
-    from ops.kafka_local import KafkaLocalError, KafkaStartTimeout
-    from ops.topics import TopicMismatchError, TopicsNotListedError
-    from projections.log import LogReadError, LogReadTimeout
+    from novaquota.ops.kafka_local import KafkaLocalError, KafkaStartTimeout
+    from novaquota.ops.topics import TopicMismatchError, TopicsNotListedError
+    from novaquota.projections.log import LogReadError, LogReadTimeout
 
     if isinstance(exc, KafkaConnectionError):
         return ExitCode.KAFKA_UNREACHABLE

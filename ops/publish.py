@@ -18,10 +18,10 @@ from typing import IO
 
 from aiokafka import AIOKafkaProducer
 
-from ops.console import Bar
-from schemas.codec import decode
-from schemas.exceptions import DecodeError
-from streams.settings import Settings
+from novaquota.ops.console import Bar
+from novaquota.schemas.codec import decode
+from novaquota.schemas.exceptions import DecodeError
+from novaquota.streams.settings import Settings
 
 __all__ = ["LineError", "PublishResult", "make_producer", "publish_file", "publish_lines"]
 

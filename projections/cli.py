@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ops.console import (
+from novaquota.ops.console import (
     Bar,
     add_output_option,
     add_progress_options,
@@ -27,10 +27,10 @@ from ops.console import (
     print_json,
     progress_wanted,
 )
-from ops.exitcodes import ExitCode
-from projections.config import ProjectionSettings
-from projections.exceptions import PricingError, ProjectionError
-from streams.settings import Settings
+from novaquota.ops.exitcodes import ExitCode
+from novaquota.projections.config import ProjectionSettings
+from novaquota.projections.exceptions import PricingError, ProjectionError
+from novaquota.streams.settings import Settings
 
 __all__ = ["DELEGATED", "build_parser", "delegated_parsers", "main"]
 
@@ -81,8 +81,8 @@ DELEGATED = {
 
 
 def delegated_parsers() -> dict[str, argparse.ArgumentParser]:
-    from projections.analytics import backtest
-    from projections.compliance import build_parser as report_parser
+    from novaquota.projections.analytics import backtest
+    from novaquota.projections.compliance import build_parser as report_parser
 
     return {"report": report_parser(), "backtest": backtest.build_parser()}
 
@@ -113,11 +113,11 @@ async def serve(
 ) -> int:
     from aiohttp import web
 
-    from projections.cost import load_catalogue
-    from projections.http import build_app
-    from projections.store import RocksStore
-    from projections.worker import ProjectionWorker
-    from streams.auth import build_access
+    from novaquota.projections.cost import load_catalogue
+    from novaquota.projections.http import build_app
+    from novaquota.projections.store import RocksStore
+    from novaquota.projections.worker import ProjectionWorker
+    from novaquota.streams.auth import build_access
 
     catalogue = load_catalogue(psettings.pricing_file)  # a bad file fails before anything else
     store = RocksStore(psettings.data_dir / "views")
@@ -175,7 +175,7 @@ async def _watch(worker: Any, bar: Bar) -> None:
 
 
 def _summary(worker: Any) -> dict[str, Any]:
-    from projections.http import status_body
+    from novaquota.projections.http import status_body
 
     return status_body(worker)
 
@@ -227,13 +227,13 @@ def _delegate(module: str, call: str, argv: list[str], settings: Settings | None
 
 def main(argv: list[str], settings: Settings) -> int:
     if argv and argv[0] == "report":
-        return _delegate("projections.compliance", "main", argv[1:], settings)
+        return _delegate("novaquota.projections.compliance", "main", argv[1:], settings)
     if argv and argv[0] == "backtest":
-        return _delegate("projections.analytics.backtest", "main", argv[1:], None)
+        return _delegate("novaquota.projections.analytics.backtest", "main", argv[1:], None)
     args = build_parser().parse_args(argv)
     if args.action == "status":
         return _status(args)
-    from streams.logs import configure_logging
+    from novaquota.streams.logs import configure_logging
 
     configure_logging(settings)  # JSON lines by default, like the workers (NOVAQUOTA_LOG_FORMAT)
     try:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Final
 
-from projections.replay import (
+from novaquota.projections.replay import (
     ArgumentError,
     Citation,
     CliParser,
@@ -42,9 +42,9 @@ from projections.replay import (
     replay_log,
     run_cli,
 )
-from schemas.common import datetime_to_us, parse_rfc3339
-from streams.quota.windows import window_bounds
-from streams.settings import Settings
+from novaquota.schemas.common import datetime_to_us, parse_rfc3339
+from novaquota.streams.quota.windows import window_bounds
+from novaquota.streams.settings import Settings
 
 __all__ = ["STEPS", "ComplianceReport", "build_report", "compliance_report", "main"]
 

@@ -38,18 +38,27 @@ from typing import Any, Final
 
 import orjson
 
-from projections.log import LogPosition, LogReader, LogRecord, LogSlice, PartitionRange
-from schemas.amounts import from_micros
-from schemas.codec import Decoded, DecodeLimits
-from schemas.common import format_time_us, parse_time_us
-from streams import quota as q
-from streams import step
-from streams.enforce import SYSTEM, Emit, Enforcer, InstanceRows
-from streams.quota.state import C_START, E_AT, G_EVENT, G_PROJECT, G_RES, G_SOURCE, G_TIME, G_USER
-from streams.quota.units import SEP, entity_key, split_entity_key, split_quota_key
-from streams.settings import Settings, TopicNames, ensure_dir
-from streams.store.memory import MemoryStore
-from streams.store.records import instance_key
+from novaquota.projections.log import LogPosition, LogReader, LogRecord, LogSlice, PartitionRange
+from novaquota.schemas.amounts import from_micros
+from novaquota.schemas.codec import Decoded, DecodeLimits
+from novaquota.schemas.common import format_time_us, parse_time_us
+from novaquota.streams import quota as q
+from novaquota.streams import step
+from novaquota.streams.enforce import SYSTEM, Emit, Enforcer, InstanceRows
+from novaquota.streams.quota.state import (
+    C_START,
+    E_AT,
+    G_EVENT,
+    G_PROJECT,
+    G_RES,
+    G_SOURCE,
+    G_TIME,
+    G_USER,
+)
+from novaquota.streams.quota.units import SEP, entity_key, split_entity_key, split_quota_key
+from novaquota.streams.settings import Settings, TopicNames, ensure_dir
+from novaquota.streams.store.memory import MemoryStore
+from novaquota.streams.store.records import instance_key
 
 __all__ = [
     "FORMATS",
@@ -359,7 +368,7 @@ class ReplayEngine:
         cite = Citation(rec.position, decoded.id, decoded.source, decoded.time_us)
         data: Any = decoded.data
         if got.kind == "template":
-            from schemas.commands import TemplateSpec
+            from novaquota.schemas.commands import TemplateSpec
 
             self.templates[data.name] = TemplateSpec.model_validate(
                 data.model_dump(include={"name", "description", "quotas", "monthly_cost"})
@@ -1096,7 +1105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_report_options(p: argparse.ArgumentParser) -> None:
     """``--format``, ``--out``, ``--output`` and ``--no-progress`` of the report commands."""
-    from ops.console import add_output_option, add_progress_options
+    from novaquota.ops.console import add_output_option, add_progress_options
 
     p.add_argument(
         "--format", default="json", choices=FORMATS, help="the report document's format (json)"
@@ -1115,7 +1124,7 @@ def add_report_options(p: argparse.ArgumentParser) -> None:
 def emit_report(args: argparse.Namespace, data: bytes, summary: dict[str, Any]) -> None:
     """The report document to ``--out`` or stdout; with ``--out``, the summary on stdout (as
     text or JSON, ``--output``)."""
-    from ops.console import print_json
+    from novaquota.ops.console import print_json
 
     if args.out is None and args.output == "json" and args.format != "json":
         raise ArgumentError(
@@ -1140,7 +1149,7 @@ def read_summary(ranges: Sequence[Any]) -> dict[str, Any]:
 
 def log_progress(args: argparse.Namespace, what: str) -> Any:
     """A progress bar for reading the log (``ops.console.Bar``), off unless stderr is a TTY."""
-    from ops.console import Bar, progress_wanted
+    from novaquota.ops.console import Bar, progress_wanted
 
     return Bar(what, enabled=progress_wanted(args))
 
@@ -1180,7 +1189,7 @@ def run_cli(
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
-        from projections.log import LogReadError, LogReadTimeout
+        from novaquota.projections.log import LogReadError, LogReadTimeout
 
         if isinstance(exc, LogReadError):  # a missing topic: 2; the broker went quiet: 4
             print(f"{prog}: error: {exc}", file=sys.stderr)

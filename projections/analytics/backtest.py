@@ -251,7 +251,7 @@ def main(argv: Sequence[str]) -> int:
         if "speed" in report:
             print(f"speed: {json.dumps(report['speed'])}")
     if args.out is not None:
-        from streams.settings import ensure_dir  # the CLI only: the package stays pure
+        from novaquota.streams.settings import ensure_dir  # the CLI only: the package stays pure
 
         ensure_dir(args.out.parent)
         args.out.write_text(text + "\n", encoding="utf-8")

@@ -46,7 +46,7 @@ class Deployment:
 
     def run(self, *argv: str, timeout: float = 180.0) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "ops.cli", *argv],
+            [sys.executable, "-m", "novaquota.ops.cli", *argv],
             env=self.env,
             capture_output=True,
             text=True,
@@ -66,7 +66,7 @@ class Deployment:
         pseudo-terminal and standard output on a pipe."""
         master, slave = os.openpty()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ops.cli", *argv],
+            [sys.executable, "-m", "novaquota.ops.cli", *argv],
             env=self.env,
             stdout=subprocess.PIPE,
             stderr=slave,

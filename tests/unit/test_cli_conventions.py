@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from ops import cli
-from ops.console import package_version
-from ops.exitcodes import ExitCode, code_for
-from projections import cli as projections_cli
+from novaquota.ops import cli
+from novaquota.ops.console import package_version
+from novaquota.ops.exitcodes import ExitCode, code_for
+from novaquota.projections import cli as projections_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 CLOSED = "localhost:1"  # nothing listens on port 1: connections are refused at once
@@ -34,7 +34,7 @@ def run(
 ) -> subprocess.CompletedProcess[str]:
     full = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "ops.cli", *argv],
+        [sys.executable, "-m", "novaquota.ops.cli", *argv],
         env=full,
         capture_output=True,
         text=True,
@@ -113,9 +113,9 @@ def test_the_table() -> None:
 def test_exceptions_map_to_the_table() -> None:
     from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
 
-    from ops.kafka_local import KafkaLocalError, KafkaStartTimeout
-    from ops.topics import TopicMismatchError, TopicsNotListedError
-    from projections.log import LogReadError, LogReadTimeout
+    from novaquota.ops.kafka_local import KafkaLocalError, KafkaStartTimeout
+    from novaquota.ops.topics import TopicMismatchError, TopicsNotListedError
+    from novaquota.projections.log import LogReadError, LogReadTimeout
 
     assert code_for(KafkaConnectionError("x")) == ExitCode.KAFKA_UNREACHABLE
     assert code_for(TopicMismatchError("x")) == ExitCode.USAGE
@@ -322,9 +322,9 @@ def test_timeouts_raised_inside_commands_exit_4(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The other timeouts of the table, raised where the commands raise them."""
-    from ops import kafka_local
-    from projections import replay
-    from projections.log import LogReadTimeout
+    from novaquota.ops import kafka_local
+    from novaquota.projections import replay
+    from novaquota.projections.log import LogReadTimeout
 
     def slow_start(settings: object, *, timeout: float) -> dict[str, object]:
         raise kafka_local.KafkaStartTimeout(f"the Kafka broker did not answer in {timeout:g} s")
