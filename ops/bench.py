@@ -1103,15 +1103,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="novaquota bench", description=(__doc__ or "").split("\n")[0])
     p.add_argument("--only", help=f"comma-separated sections (default all): {','.join(SECTIONS)}")
     p.add_argument("--events", type=int, default=100_000, help="resource events (throughput)")
-    p.add_argument("--tenants", type=int, default=10_000)
-    p.add_argument("--partitions", type=int, default=12)
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--tenants", type=int, default=10_000, help="tenants of the workload")
+    p.add_argument("--partitions", type=int, default=12, help="partitions of the bench topics")
+    p.add_argument("--seed", type=int, default=7, help="the workload's random seed")
     p.add_argument("--keys", type=int, default=100_000, help="quotas = instances (memory)")
     p.add_argument(
         "--latency-rates", type=_csv_floats, default=(300.0, 5000.0), help="events/s, e.g. 300,5000"
     )
     p.add_argument("--latency-seconds", type=float, default=15.0, help="seconds per load level")
-    p.add_argument("--latency-tenants", type=int, default=1000)
+    p.add_argument(
+        "--latency-tenants", type=int, default=1000, help="tenants of the latency workload"
+    )
     p.add_argument(
         "--identities", type=int, default=7_000_000, help="(source, id) identities (identities)"
     )
@@ -1121,7 +1123,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, help="write a PNG plot of the figures")
     p.add_argument("--compare", type=Path, help="print new/old ratios against this JSON report")
     p.add_argument("--keep", action="store_true", help="keep the work dir (logs, state)")
+    p.add_argument(
+        "--output",
+        choices=("text", "json"),
+        default="text",
+        help="standard output: the headline table (default) or the JSON report",
+    )
     return p
+
+
+#: Sections that need no broker (the others make bench exit 3 when it does not answer).
+NO_BROKER = frozenset({"core", "identities"})
+
+
+def require_broker(settings: Settings) -> None:
+    """Raise ``KafkaConnectionError`` (exit 3) when the broker does not answer in time."""
+    from novaquota.ops.topics import check_reachable
+
+    asyncio.run(check_reachable(settings))
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -1153,6 +1172,8 @@ def main(argv: list[str], settings: Settings) -> int:
         identities=args.identities,
         timeout=args.timeout,
     )
+    if set(only or SECTIONS) - NO_BROKER:
+        require_broker(settings)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # stop the workers on the way out
     tmp = args.work_dir is None
     work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="novaquota-bench-"))
@@ -1172,13 +1193,19 @@ def main(argv: list[str], settings: Settings) -> int:
         if tmp and not args.keep:
             shutil.rmtree(work_dir, ignore_errors=True)
     text = json.dumps(report, indent=2)
-    print(text)
-    print(format_headline(report["headline"]), file=sys.stderr)
+    if args.output == "json":
+        print(text)
+        print(format_headline(report["headline"]), file=sys.stderr)
+    else:
+        print(format_headline(report["headline"]))
     if args.out:
         ensure_dir(args.out.parent)
         args.out.write_text(text + "\n")
     if args.plot:
         plot(report, args.plot)
-    if old is not None:
-        print(format_compare(compare(report, old)))
+    if old is not None:  # with --output json, stdout holds the report alone
+        print(
+            format_compare(compare(report, old)),
+            file=sys.stdout if args.output == "text" else sys.stderr,
+        )
     return 1 if any(isinstance(v, dict) and "error" in v for v in report.values()) else 0

@@ -372,8 +372,10 @@ def run_demo(settings: Settings, opts: DemoOptions) -> int:
     except KeyboardInterrupt:
         print("\nstopping ...", flush=True)
     except Exception as exc:
+        from novaquota.ops.exitcodes import ExitCode, code_for
+
         print(f"demo failed: {type(exc).__name__}: {exc}", flush=True)
-        rc = 1
+        rc = code_for(exc) or ExitCode.REJECTED
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip cleanup
         for proc in (projections, worker):
@@ -387,20 +389,29 @@ def run_demo(settings: Settings, opts: DemoOptions) -> int:
     return rc
 
 
-def main(argv: list[str], settings: Settings) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="novaquota demo", description=" ".join((__doc__ or "").split("\n\n")[0].split())
     )
     p.add_argument("--rate", type=float, default=200.0, help="mean resource events per second")
-    p.add_argument("--tenants", type=int, default=200)
+    p.add_argument("--tenants", type=int, default=200, help="tenants of the workload")
     p.add_argument("--duration", type=float, default=None, help="seconds (default: until Ctrl-C)")
     p.add_argument("--seed", type=int, default=None, help="default: a fresh one per run")
     p.add_argument(
         "--day-seconds", type=float, default=600.0, help="one simulated day lasts this long"
     )
     p.add_argument("--misbehaving", type=float, default=0.05, help="share of tenants over limit")
-    p.add_argument("--projections-port", type=int, default=6067)
-    p.add_argument("--log-dir", type=Path, default=Path("var/demo"))
+    p.add_argument(
+        "--projections-port", type=int, default=6067, help="the projection worker's HTTP port"
+    )
+    p.add_argument(
+        "--log-dir", type=Path, default=Path("var/demo"), help="worker logs (default var/demo)"
+    )
+    return p
+
+
+def main(argv: list[str], settings: Settings) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.rate <= 0 or args.tenants < 1 or args.day_seconds <= 0:
         p.error("--rate, --tenants and --day-seconds must be positive")

@@ -60,6 +60,7 @@ from novaquota.streams.settings import Settings, ensure_dir
 
 __all__ = [
     "KafkaLocalError",
+    "KafkaStartTimeout",
     "ensure_jars",
     "is_reachable",
     "start",
@@ -77,6 +78,10 @@ _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 class KafkaLocalError(RuntimeError):
     """The local broker could not be fetched, started or stopped."""
+
+
+class KafkaStartTimeout(KafkaLocalError):
+    """The local broker did not answer within the start timeout (exit code 4)."""
 
 
 # --- Paths -------------------------------------------------------------------------------------
@@ -448,7 +453,7 @@ def _wait_ready(
         if time.monotonic() >= deadline:
             if kill_on_failure:
                 _terminate(paths, pid, timeout=10.0)
-            raise KafkaLocalError(
+            raise KafkaStartTimeout(
                 f"the Kafka broker did not answer on {settings.bootstrap_servers} in time; "
                 f"last lines of {paths.log}:\n{_log_tail(paths)}"
             )

@@ -8,6 +8,8 @@ lines are reported with their line number and reason and are not sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -16,6 +18,7 @@ from typing import IO
 
 from aiokafka import AIOKafkaProducer
 
+from novaquota.ops.console import Bar
 from novaquota.schemas.codec import decode
 from novaquota.schemas.exceptions import DecodeError
 from novaquota.streams.settings import Settings
@@ -54,33 +57,15 @@ def make_producer(settings: Settings, **overrides: object) -> AIOKafkaProducer:
     return AIOKafkaProducer(**cfg)
 
 
-def _lines(path: str) -> Iterator[tuple[int, bytes]]:
+def _lines(path: str, seen: list[int] | None = None) -> Iterator[tuple[int, bytes]]:
+    """Numbered lines of ``path`` (``-``: standard input); ``seen[0]`` counts the bytes read."""
     stream: IO[bytes]
-    if path == "-":
-        stream = sys.stdin.buffer
-        yield from ((i, ln) for i, ln in enumerate(stream, start=1))
-        return
-    with open(path, "rb") as stream:
-        yield from ((i, ln) for i, ln in enumerate(stream, start=1))
-
-
-class _Progress:
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
-        self.last = 0.0
-        self.started = time.monotonic()
-
-    def update(self, done: int, rejected: int, final: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if not final and now - self.last < 0.25:
-            return
-        self.last = now
-        rate = done / max(now - self.started, 1e-9)
-        end = "\n" if final else ""
-        sys.stderr.write(f"\r{done:>10,} sent  {rejected:>6,} rejected  {rate:>10,.0f}/s{end}")
-        sys.stderr.flush()
+    with contextlib.ExitStack() as stack:
+        stream = sys.stdin.buffer if path == "-" else stack.enter_context(open(path, "rb"))
+        for i, ln in enumerate(stream, start=1):
+            if seen is not None:
+                seen[0] += len(ln)
+            yield i, ln
 
 
 async def publish_lines(
@@ -89,7 +74,10 @@ async def publish_lines(
     *,
     progress: bool = False,
     producer: AIOKafkaProducer | None = None,
+    size: tuple[list[int], int] | None = None,
 ) -> PublishResult:
+    """Validate and produce ``lines``; a progress bar on standard error when ``progress``
+    (in bytes when ``size`` gives a running byte count and the total, else in lines)."""
     result = PublishResult()
     topics = settings.topics
     own = producer is None
@@ -100,35 +88,50 @@ async def publish_lines(
         except Exception:
             await prod.stop()
             raise
-    bar = _Progress(progress)
     pending: list[asyncio.Future[object]] = []
+    bar = Bar("publish", enabled=progress, unit="bytes" if size else "lines")
+    last = 0.0
+
+    def show(final: bool = False) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if not final and now - last < 0.1:
+            return
+        last = now
+        note = f"publish: {result.sent:,} sent, {len(result.errors):,} rejected"
+        if size is not None:
+            bar.update(size[0][0], size[1], description=note)
+        else:
+            bar.update(result.sent + len(result.errors), description=note)
+
     try:
-        for lineno, raw in lines:
-            line = raw.strip()
-            if not line:
-                continue
-            try:
-                decoded = decode(line, None, record_timestamp_ms=int(time.time() * 1000))
-            except DecodeError as exc:
-                result.errors.append(LineError(lineno, exc.reason, exc.message))
-                continue
-            tenant = getattr(decoded.data, "tenant_id", None) or "system"
-            if decoded.kind == "command":
-                topic = topics.quota_commands
-                result.commands += 1
-            else:
-                topic = topics.resource_events
-                result.resource_events += 1
-            fut = await prod.send(topic, value=line, key=tenant.encode(), headers=STRUCTURED)
-            pending.append(fut)
-            result.sent += 1
-            if len(pending) >= 10_000:
+        with bar:
+            for lineno, raw in lines:
+                line = raw.strip()
+                if not line:
+                    continue
+                try:
+                    decoded = decode(line, None, record_timestamp_ms=int(time.time() * 1000))
+                except DecodeError as exc:
+                    result.errors.append(LineError(lineno, exc.reason, exc.message))
+                    continue
+                tenant = getattr(decoded.data, "tenant_id", None) or "system"
+                if decoded.kind == "command":
+                    topic = topics.quota_commands
+                    result.commands += 1
+                else:
+                    topic = topics.resource_events
+                    result.resource_events += 1
+                fut = await prod.send(topic, value=line, key=tenant.encode(), headers=STRUCTURED)
+                pending.append(fut)
+                result.sent += 1
+                if len(pending) >= 10_000:
+                    await asyncio.gather(*pending)
+                    pending.clear()
+                show()
+            if pending:
                 await asyncio.gather(*pending)
-                pending.clear()
-            bar.update(result.sent, len(result.errors))
-        if pending:
-            await asyncio.gather(*pending)
-        bar.update(result.sent, len(result.errors), final=True)
+            show(final=True)
     finally:
         if own:
             await prod.stop()
@@ -136,4 +139,9 @@ async def publish_lines(
 
 
 async def publish_file(path: str, settings: Settings, *, progress: bool = True) -> PublishResult:
-    return await publish_lines(_lines(path), settings, progress=progress)
+    """Publish the lines of ``path`` (``-``: standard input)."""
+    if path == "-":
+        return await publish_lines(_lines(path), settings, progress=progress)
+    seen = [0]
+    total = os.path.getsize(path)
+    return await publish_lines(_lines(path, seen), settings, progress=progress, size=(seen, total))

@@ -23,6 +23,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from novaquota.ops.console import (
+    Bar,
+    add_output_option,
+    add_progress_options,
+    print_json,
+    progress_wanted,
+)
 from novaquota.ops.workload import US, Workload, WorkloadSpec, is_command, tenant_key, to_jsonl
 from novaquota.schemas.common import parse_time_us
 from novaquota.streams.settings import Settings, ensure_dir
@@ -63,6 +70,17 @@ class SimulationResult:
             self.first_time = self.first_time or ev["time"]
             self.last_time = ev["time"]
         self.by_type[ev["type"]] += 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "commands": self.commands,
+            "events": self.events,
+            "by_type": dict(sorted(self.by_type.items())),
+            "tiers": dict(self.tiers),
+            "misbehaving": list(self.misbehaving),
+            "first_time": self.first_time,
+            "last_time": self.last_time,
+        }
 
     def summary(self) -> str:
         types = ", ".join(f"{k} {v:,}" for k, v in sorted(self.by_type.items()))
@@ -141,12 +159,18 @@ async def publish(
     result = SimulationResult()
     topics = settings.topics
     prod = make_producer(settings, linger_ms=20)
-    await prod.start()
+    try:
+        await prod.start()
+    except Exception:
+        await prod.stop()
+        raise
     pending: list[asyncio.Future[Any]] = []
     t0_us = int(spec.start.timestamp()) * US + spec.start.microsecond
     wall0 = time.monotonic()
     last_note = wall0
+    bar = Bar("publishing (seconds of event time)", enabled=progress, unit="s")
     try:
+        bar.__enter__()
         for ev in generate(spec, duration_s, setup=setup, result=result):
             command = is_command(ev)
             if speed > 0 and not command:
@@ -164,16 +188,15 @@ async def publish(
             if len(pending) >= 10_000:
                 await asyncio.gather(*pending)
                 pending.clear()
-            if progress and time.monotonic() - last_note >= 5:
+            if progress and time.monotonic() - last_note >= 0.2:
                 last_note = time.monotonic()
-                print(
-                    f"  {result.commands + result.events:,} published, event time {ev['time']}",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                done = max(0, (_time_us(ev["time"]) - t0_us) // US)
+                bar.update(min(done, int(duration_s)), int(duration_s))
         if pending:
             await asyncio.gather(*pending)
+        bar.update(int(duration_s), int(duration_s))
     finally:
+        bar.__exit__(None, None, None)
         await prod.stop()
     return result
 
@@ -209,10 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Seeded workload simulator: tenants of every tier, VM churn with daily "
         "seasonality, volumes, snapshots, network samples, API bursts, misbehaving tenants.",
     )
-    p.add_argument("--tenants", type=_positive(int), default=100)
+    p.add_argument("--tenants", type=_positive(int), default=100, help="tenants to simulate")
     p.add_argument("--rate", type=_positive(float), default=100.0, help="mean events/s")
     p.add_argument("--duration", type=_positive(float), default=60.0, help="seconds of event time")
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--seed", type=int, default=7, help="random seed (same seed, same bytes)")
     p.add_argument("--out", help="write JSON lines to this file (- for stdout), not to Kafka")
     p.add_argument(
         "--start",
@@ -234,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--day-seconds", type=_positive(float), default=86_400.0, help="length of the daily cycle"
     )
     p.add_argument("--no-setup", action="store_true", help="resource events only, no quotas")
+    add_output_option(p, "the summary (counts by type and tier; json not with --out -)")
+    add_progress_options(p)
     return p
 
 
@@ -260,16 +285,29 @@ def main(argv: list[str], settings: Settings) -> int:
         )
     except ValueError as exc:
         parser.error(str(exc))
+    if args.out == "-" and args.output == "json":
+        parser.error("--output json needs standard output, which --out - fills with the events")
     setup = not args.no_setup
     if args.out is not None:
         result = write_jsonl(args.out, spec, args.duration, setup=setup)
         where = "stdout" if args.out == "-" else args.out
     else:
         result = asyncio.run(
-            publish(settings, spec, args.duration, speed=args.speed, setup=setup, progress=True)
+            publish(
+                settings,
+                spec,
+                args.duration,
+                speed=args.speed,
+                setup=setup,
+                progress=progress_wanted(args),
+            )
         )
         where = f"{settings.topics.quota_commands} and {settings.topics.resource_events}"
-    print(f"simulate: wrote to {where}: {result.summary()}", file=sys.stderr)
+    if args.output == "json":
+        print_json({"wrote_to": where, **result.to_dict()})
+    else:  # standard output, unless it carries the events (--out -)
+        out = sys.stderr if args.out == "-" else sys.stdout
+        print(f"simulate: wrote to {where}: {result.summary()}", file=out)
     return 0
 
 

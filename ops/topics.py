@@ -14,15 +14,17 @@ from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
 from novaquota.streams.settings import Settings
 
 __all__ = [
     "TopicMismatchError",
     "TopicSpec",
+    "TopicsNotListedError",
     "catalogue",
     "changelog_topics",
+    "check_reachable",
     "create_topics",
     "describe_topics",
 ]
@@ -33,6 +35,10 @@ THIRTY_DAYS_MS = str(30 * 24 * 3600 * 1000)
 
 class TopicMismatchError(RuntimeError):
     """An existing topic contradicts the catalogue in a way that breaks correctness."""
+
+
+class TopicsNotListedError(TimeoutError):
+    """Topics were created but the broker did not list them in time."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,22 @@ def _admin(settings: Settings) -> AIOKafkaAdminClient:
     return AIOKafkaAdminClient(**settings.kafka_client_config(), request_timeout_ms=30000)
 
 
+async def check_reachable(settings: Settings) -> None:
+    """Raise ``KafkaConnectionError`` unless the broker answers a metadata request within
+    ``kafka_connect_timeout_seconds`` (commands that would otherwise retry for ever)."""
+    timeout = settings.kafka_connect_timeout_seconds
+    admin = AIOKafkaAdminClient(
+        **settings.kafka_client_config(), request_timeout_ms=max(1000, int(timeout * 1000))
+    )
+    try:
+        await asyncio.wait_for(admin.start(), timeout)
+        await asyncio.wait_for(admin.list_topics(), timeout)
+    except (KafkaError, OSError, TimeoutError) as exc:
+        raise KafkaConnectionError(f"{exc} (waited at most {timeout:g} s)") from exc
+    finally:
+        await admin.close()
+
+
 async def _existing_partitions(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:
     existing = set(await admin.list_topics())
     wanted = [n for n in names if n in existing]
@@ -152,7 +174,7 @@ async def create_topics(settings: Settings) -> dict[str, str]:
             deadline = time.monotonic() + 30
             while not {s.name for s in missing} <= set(await admin.list_topics()):
                 if time.monotonic() > deadline:
-                    raise TopicMismatchError("created topics did not appear within 30 s")
+                    raise TopicsNotListedError("created topics did not appear within 30 s")
                 await asyncio.sleep(0.2)
         return {s.name: ("created" if s in missing else "exists") for s in specs}
     finally:

@@ -19,13 +19,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import orjson
-
+from novaquota.ops.console import (
+    Bar,
+    add_output_option,
+    add_progress_options,
+    print_fields,
+    print_json,
+    progress_wanted,
+)
+from novaquota.ops.exitcodes import ExitCode
 from novaquota.projections.config import ProjectionSettings
 from novaquota.projections.exceptions import PricingError, ProjectionError
 from novaquota.streams.settings import Settings
 
-__all__ = ["build_parser", "main"]
+__all__ = ["DELEGATED", "build_parser", "delegated_parsers", "main"]
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -49,11 +56,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--keep-running", action="store_true", help="keep folding and serving once caught up"
     )
+    add_output_option(p, "the summary once caught up (not with --keep-running)")
+    add_progress_options(p)
     p = sub.add_parser("status", help="position, lag and readiness of a running worker")
     p.add_argument("--url", help="worker base URL (default http://127.0.0.1:6067)")
-    sub.add_parser("report", help="compliance reports (see `report --help`)", add_help=False)
-    sub.add_parser("backtest", help="forecast backtests (see `backtest --help`)", add_help=False)
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        help="seconds to wait for the worker's answer (exit 4 past it; default 5)",
+    )
+    add_output_option(p, "the status")
+    for name, help_ in DELEGATED.items():
+        d = sub.add_parser(name, help=help_, add_help=False)
+        d.add_argument("rest", nargs=argparse.REMAINDER, help=f"its options: `{name} --help`")
     return parser
+
+
+#: Sub-commands with parsers of their own (``delegated_parsers``).
+DELEGATED = {
+    "report": "compliance reports (see `report --help`)",
+    "backtest": "forecast backtests (see `backtest --help`)",
+}
+
+
+def delegated_parsers() -> dict[str, argparse.ArgumentParser]:
+    from novaquota.projections.analytics import backtest
+    from novaquota.projections.compliance import build_parser as report_parser
+
+    return {"report": report_parser(), "backtest": backtest.build_parser()}
 
 
 def _psettings(args: argparse.Namespace) -> ProjectionSettings:
@@ -72,7 +103,13 @@ def _psettings(args: argparse.Namespace) -> ProjectionSettings:
 
 
 async def serve(
-    settings: Settings, psettings: ProjectionSettings, *, rebuild: bool, keep_running: bool
+    settings: Settings,
+    psettings: ProjectionSettings,
+    *,
+    rebuild: bool,
+    keep_running: bool,
+    output: str = "text",
+    progress: bool = False,
 ) -> int:
     from aiohttp import web
 
@@ -104,8 +141,18 @@ async def serve(
     )
     try:
         if rebuild and not keep_running:
-            await worker.run(stop, until_caught_up=True)
-            print(orjson.dumps(_summary(worker), option=orjson.OPT_INDENT_2).decode())
+            with Bar("folding the log", enabled=progress) as bar:
+                watch = asyncio.ensure_future(_watch(worker, bar))
+                try:
+                    await worker.run(stop, until_caught_up=True)
+                finally:
+                    watch.cancel()
+                _show(worker, bar)
+            summary = _summary(worker)
+            if output == "json":
+                print_json(summary)
+            else:
+                print_fields(summary)
         else:
             await worker.run(stop)
     finally:
@@ -114,27 +161,57 @@ async def serve(
     return 0
 
 
+def _show(worker: Any, bar: Bar) -> None:
+    """Offsets folded of those to fold up to the start targets."""
+    targets = worker.targets
+    done = sum(min(worker.positions.get(k, 0), end) for k, end in targets.items())
+    bar.update(done, sum(targets.values()))
+
+
+async def _watch(worker: Any, bar: Bar) -> None:
+    while True:
+        _show(worker, bar)
+        await asyncio.sleep(0.2)
+
+
 def _summary(worker: Any) -> dict[str, Any]:
     from novaquota.projections.http import status_body
 
     return status_body(worker)
 
 
-def _status(url: str | None) -> int:
+def _status(args: argparse.Namespace) -> int:
     import os
 
     import httpx
 
-    base = (url or f"http://127.0.0.1:{ProjectionSettings().web_port}").rstrip("/")
+    base = (args.url or f"http://127.0.0.1:{ProjectionSettings().web_port}").rstrip("/")
     token = os.environ.get("NOVAQUOTA_TOKEN")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        resp = httpx.get(f"{base}/api/v1/projections/status", headers=headers, timeout=5.0)
+        resp = httpx.get(f"{base}/api/v1/projections/status", headers=headers, timeout=args.timeout)
+        body = resp.json()
+    except httpx.TimeoutException:
+        print(
+            f"novaquota projections: the worker at {base} did not answer within {args.timeout:g} s",
+            file=sys.stderr,
+        )
+        return ExitCode.TIMEOUT
     except httpx.HTTPError as exc:
         print(f"novaquota projections: no worker answers at {base}: {exc}", file=sys.stderr)
-        return 1
-    print(orjson.dumps(resp.json(), option=orjson.OPT_INDENT_2).decode())
-    return 0 if resp.status_code == 200 else 1
+        return ExitCode.REJECTED
+    except ValueError:
+        print(
+            f"novaquota projections: {base} answered {resp.status_code}, not JSON", file=sys.stderr
+        )
+        return ExitCode.REJECTED
+    if args.output == "json":
+        print_json(body)
+    elif isinstance(body, dict):
+        print_fields(body)
+    else:
+        print(body)
+    return ExitCode.OK if resp.status_code == 200 else ExitCode.REJECTED
 
 
 def _delegate(module: str, call: str, argv: list[str], settings: Settings | None) -> int:
@@ -142,7 +219,7 @@ def _delegate(module: str, call: str, argv: list[str], settings: Settings | None
         mod = importlib.import_module(module)
     except ImportError:
         print(f"novaquota projections: {module} is not installed", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     fn = getattr(mod, call)
     result = fn(argv, settings) if settings is not None else fn(argv)
     return int(result)
@@ -155,7 +232,7 @@ def main(argv: list[str], settings: Settings) -> int:
         return _delegate("novaquota.projections.analytics.backtest", "main", argv[1:], None)
     args = build_parser().parse_args(argv)
     if args.action == "status":
-        return _status(args.url)
+        return _status(args)
     from novaquota.streams.logs import configure_logging
 
     configure_logging(settings)  # JSON lines by default, like the workers (NOVAQUOTA_LOG_FORMAT)
@@ -167,11 +244,13 @@ def main(argv: list[str], settings: Settings) -> int:
                 psettings,
                 rebuild=args.action == "rebuild",
                 keep_running=getattr(args, "keep_running", False),
+                output=getattr(args, "output", "text"),
+                progress=progress_wanted(args),
             )
         )
-    except PricingError as exc:
+    except PricingError as exc:  # --pricing: a bad file named on the command line
         print(f"novaquota projections: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     except (ProjectionError, OSError) as exc:  # e.g. a missing topic, a port in use
         print(f"novaquota projections: {exc}", file=sys.stderr)
-        return 1
+        return ExitCode.REJECTED

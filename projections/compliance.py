@@ -20,27 +20,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 from typing import Any, Final
 
 from novaquota.projections.replay import (
-    FORMATS,
     ArgumentError,
     Citation,
     CliParser,
+    Progress,
     ReplayResult,
     Report,
+    add_report_options,
     amount,
     bar_chart,
+    emit_report,
     iso,
+    log_progress,
     parse_time,
     replay_log,
     run_cli,
-    write_output,
 )
 from novaquota.schemas.common import datetime_to_us, parse_rfc3339
 from novaquota.streams.quota.windows import window_bounds
@@ -395,6 +395,7 @@ def build_report(
     *,
     step: str | None = None,
     as_of_us: int | None = None,
+    progress: Progress | None = None,
 ) -> ComplianceReport:
     """The compliance report for [start_us, end_us) (event time) from a replay that reached
     ``end_us``; ``as_of_us`` is the log cut it was read at (None: the end of the log)."""
@@ -492,6 +493,7 @@ async def compliance_report(
     tenant: str | None = None,
     step: str | None = None,
     as_of_us: int | None = None,
+    progress: Progress | None = None,
 ) -> ComplianceReport:
     """Read the log as it stands (or stood at ``as_of_us``), replay it, build the report.
 
@@ -501,7 +503,7 @@ async def compliance_report(
     if end_us <= start_us:
         raise ArgumentError(f"the period is empty: end {iso(end_us)} is not after {iso(start_us)}")
     final = end_us if as_of_us is None else max(end_us, as_of_us)
-    result = await replay_log(settings, final, cut_us=as_of_us, tenant=tenant)
+    result = await replay_log(settings, final, cut_us=as_of_us, tenant=tenant, progress=progress)
     return build_report(result, start_us, end_us, step=step, as_of_us=as_of_us)
 
 
@@ -528,8 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="read the log as it stood at T (RFC 3339; default: all of it, now)",
     )
     p.add_argument("--step", choices=STEPS, help="also count per UTC day, ISO week or month")
-    p.add_argument("--format", default="json", choices=FORMATS, help="report format (json)")
-    p.add_argument("--out", type=Path, metavar="FILE", help="write here instead of stdout")
+    add_report_options(p)
     return p
 
 
@@ -541,19 +542,24 @@ def main(argv: Sequence[str], settings: Settings) -> int:
     def body(args: argparse.Namespace) -> int:
         if args.end <= args.start:
             raise ArgumentError(f"--end {iso(args.end)} must be after --start {iso(args.start)}")
-        report = asyncio.run(
-            compliance_report(
-                settings,
-                args.start,
-                args.end,
-                tenant=args.tenant,
-                step=args.step,
-                as_of_us=args.as_of,
+        with log_progress(args, "reading the log") as bar:
+            report = asyncio.run(
+                compliance_report(
+                    settings,
+                    args.start,
+                    args.end,
+                    tenant=args.tenant,
+                    step=args.step,
+                    as_of_us=args.as_of,
+                    progress=bar.update,
+                )
             )
-        )
-        write_output(report.render(args.format), args.out)
-        if args.out is not None:
-            print(f"wrote {args.out}", file=sys.stderr)
+        summary = {
+            "period": report.doc["period"],
+            "records_read": sum(p["records"] for p in report.doc["log"]["partitions"]),
+            "partitions": len(report.doc["log"]["partitions"]),
+        }
+        emit_report(args, report.render(args.format), summary)
         return 0
 
     return run_cli(argv, build_parser(), body)

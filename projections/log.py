@@ -18,7 +18,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Hashable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -27,6 +27,7 @@ from novaquota.streams.settings import Settings
 __all__ = [
     "LogPosition",
     "LogReadError",
+    "LogReadTimeout",
     "LogReader",
     "LogRecord",
     "LogSlice",
@@ -39,6 +40,10 @@ __all__ = [
 
 class LogReadError(RuntimeError):
     """The log could not be read as asked (missing topic, broker stopped answering)."""
+
+
+class LogReadTimeout(LogReadError):
+    """The broker delivered nothing for ``idle_timeout`` seconds before the cut."""
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -196,8 +201,11 @@ class LogReader:
         missing_ok: Sequence[str] = (),
         idle_timeout: float = 30.0,
         batch: int = 5_000,
+        progress: Callable[[int, int], None] | None = None,
     ) -> None:
         self.settings = settings
+        self.progress = progress
+        """Called after each fetch with (records read, offsets to read): a progress bar."""
         self.topics = list(topics)
         self.until_ms = until_ms
         self.missing_ok = set(missing_ok)
@@ -219,8 +227,8 @@ class LogReader:
             isolation_level="read_committed",
             max_partition_fetch_bytes=1024 * 1024,  # bounds the prefetch buffers
         )
-        await self.consumer.start()
         try:
+            await self.consumer.start()
             await self._plan(TopicPartition)
         except BaseException:
             await self.consumer.stop()
@@ -266,6 +274,16 @@ class LogReader:
         return sum(1 for tp in self.tps if tp.topic == topic)
 
     @property
+    def total(self) -> int:
+        """Offsets to read up to the cut (transaction markers take offsets too, so the records
+        read can end below it)."""
+        return sum(self.ends[tp] - self.begins[tp] for tp in self.tps)
+
+    @property
+    def read(self) -> int:
+        return sum(self.counts.values())
+
+    @property
     def ranges(self) -> list[PartitionRange]:
         return [
             PartitionRange(tp.topic, tp.partition, self.begins[tp], self.ends[tp], self.counts[tp])
@@ -306,13 +324,17 @@ class LogReader:
                     self.counts[tp] += len(recs)
                     merger.add(tp, recs)
                     last = time.monotonic()
+            if self.progress is not None:
+                self.progress(self.read, self.total)
             for tp in need:
                 if tp not in merger.finished and await consumer.position(tp) >= self.ends[tp]:
                     merger.finish(tp)
                     consumer.pause(tp)
             if merger.starving() and time.monotonic() - last > self.idle_timeout:
                 left = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in merger.starving())
-                raise LogReadError(f"no records for {self.idle_timeout:.0f}s while reading {left}")
+                raise LogReadTimeout(
+                    f"no records for {self.idle_timeout:.0f}s while reading {left}"
+                )
 
 
 async def read_log(

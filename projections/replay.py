@@ -72,16 +72,20 @@ __all__ = [
     "ReplayReport",
     "ReplayResult",
     "Report",
+    "add_report_options",
     "amount",
     "bar_chart",
     "build_replay_report",
+    "emit_report",
     "input_reader",
     "iso",
+    "log_progress",
     "log_topics",
     "main",
     "parse_exact",
     "parse_time",
     "percent",
+    "read_summary",
     "replay",
     "replay_log",
     "replay_records",
@@ -622,12 +626,20 @@ def replay_records(
     return engine.finish(ranges)
 
 
-def input_reader(settings: Settings, cut_us: int | None) -> LogReader:
+Progress = Callable[[int, int], None]
+"""(records read, offsets to read), after each fetch: ``LogReader.progress``."""
+
+
+def input_reader(
+    settings: Settings, cut_us: int | None, progress: Progress | None = None
+) -> LogReader:
     """A reader of what a replay reads: inputs and ticks stamped at or before ``cut_us``
     (None: the whole log as it stands when reading starts)."""
     topics = settings.topics
     cut_ms = None if cut_us is None else cut_us // 1000
-    return LogReader(settings, log_topics(topics), cut_ms, missing_ok=[topics.ticks])
+    return LogReader(
+        settings, log_topics(topics), cut_ms, missing_ok=[topics.ticks], progress=progress
+    )
 
 
 async def replay_log(
@@ -636,10 +648,11 @@ async def replay_log(
     *,
     cut_us: int | None,
     tenant: str | None = None,
+    progress: Progress | None = None,
 ) -> ReplayResult:
     """Stream the log (cut at ``cut_us``) through a replay that ends with a tick at
     ``until_us``."""
-    async with input_reader(settings, cut_us) as reader:
+    async with input_reader(settings, cut_us, progress) as reader:
         engine = ReplayEngine(
             settings,
             partitions=reader.partitions_of(settings.topics.resource_events) or settings.partitions,
@@ -651,9 +664,15 @@ async def replay_log(
         return engine.finish(reader.ranges)
 
 
-async def replay(settings: Settings, until_us: int, *, tenant: str | None = None) -> ReplayResult:
+async def replay(
+    settings: Settings,
+    until_us: int,
+    *,
+    tenant: str | None = None,
+    progress: Progress | None = None,
+) -> ReplayResult:
     """Replay the log as it stood at ``until_us``, as of then."""
-    return await replay_log(settings, until_us, cut_us=until_us, tenant=tenant)
+    return await replay_log(settings, until_us, cut_us=until_us, tenant=tenant, progress=progress)
 
 
 # --- the report --------------------------------------------------------------------------------
@@ -1080,9 +1099,59 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--until", required=True, type=_time_arg, metavar="T", help="RFC 3339 time")
     p.add_argument("--tenant", metavar="ID", help="only this tenant (no system section)")
-    p.add_argument("--format", default="json", choices=FORMATS, help="report format (json)")
-    p.add_argument("--out", type=Path, metavar="FILE", help="write here instead of stdout")
+    add_report_options(p)
     return p
+
+
+def add_report_options(p: argparse.ArgumentParser) -> None:
+    """``--format``, ``--out``, ``--output`` and ``--no-progress`` of the report commands."""
+    from novaquota.ops.console import add_output_option, add_progress_options
+
+    p.add_argument(
+        "--format", default="json", choices=FORMATS, help="the report document's format (json)"
+    )
+    p.add_argument(
+        "--out", type=Path, metavar="FILE", help="write the report here instead of to stdout"
+    )
+    add_output_option(
+        p,
+        "with --out: a summary (file, records read); without --out the report itself is the "
+        "output, so --output json needs --format json;",
+    )
+    add_progress_options(p)
+
+
+def emit_report(args: argparse.Namespace, data: bytes, summary: dict[str, Any]) -> None:
+    """The report document to ``--out`` or stdout; with ``--out``, the summary on stdout (as
+    text or JSON, ``--output``)."""
+    from novaquota.ops.console import print_json
+
+    if args.out is None and args.output == "json" and args.format != "json":
+        raise ArgumentError(
+            "--output json without --out prints the report itself: use --format json or --out"
+        )
+    write_output(data, args.out)
+    if args.out is None:
+        return
+    summary = {"out": str(args.out), "format": args.format, **summary}
+    if args.output == "json":
+        print_json(summary)
+    else:
+        print(f"wrote {args.out} ({args.format}; {summary['records_read']:,} records read)")
+
+
+def read_summary(ranges: Sequence[Any]) -> dict[str, Any]:
+    return {
+        "records_read": sum(r.records for r in ranges),
+        "partitions": len(ranges),
+    }
+
+
+def log_progress(args: argparse.Namespace, what: str) -> Any:
+    """A progress bar for reading the log (``ops.console.Bar``), off unless stderr is a TTY."""
+    from novaquota.ops.console import Bar, progress_wanted
+
+    return Bar(what, enabled=progress_wanted(args))
 
 
 def write_output(data: bytes, out: Path | None) -> None:
@@ -1099,7 +1168,8 @@ def write_output(data: bytes, out: Path | None) -> None:
 def run_cli(
     argv: list[str], parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace], int]
 ) -> int:
-    """Parse, run, and turn bad input into a one-line error with exit status 2."""
+    """Parse, run, and turn bad input into a one-line error with exit status 2 (the exit codes
+    of ``ops.exitcodes``; a broker that cannot be reached raises on to ``novaquota``: 3)."""
     prog = parser.prog
     try:
         args = parser.parse_args(argv)
@@ -1113,21 +1183,28 @@ def run_cli(
     except ArgumentError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # --out FILE cannot be written
+        if isinstance(exc, ConnectionError | TimeoutError):
+            raise
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
     except Exception as exc:
-        from novaquota.projections.log import LogReadError
+        from novaquota.projections.log import LogReadError, LogReadTimeout
 
-        if isinstance(exc, LogReadError):
+        if isinstance(exc, LogReadError):  # a missing topic: 2; the broker went quiet: 4
             print(f"{prog}: error: {exc}", file=sys.stderr)
-            return 2
+            return 4 if isinstance(exc, LogReadTimeout) else 2
         raise
 
 
 def main(argv: list[str], settings: Settings) -> int:
     def body(args: argparse.Namespace) -> int:
-        result = asyncio.run(replay(settings, args.until, tenant=args.tenant))
-        write_output(build_replay_report(result).render(args.format), args.out)
-        if args.out is not None:
-            print(f"wrote {args.out}", file=sys.stderr)
+        with log_progress(args, "reading the log") as bar:
+            result = asyncio.run(
+                replay(settings, args.until, tenant=args.tenant, progress=bar.update)
+            )
+        summary = {"as_of": iso(args.until), **read_summary(result.ranges)}
+        emit_report(args, build_replay_report(result).render(args.format), summary)
         return 0
 
     return run_cli(argv, build_parser(), body)

@@ -73,6 +73,9 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "NOVAQUOTA_BOOTSTRAP_SERVERS"),
     )
     security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL
+    # The command line's check that the broker answers (`novaquota worker`, `projections run`,
+    # `bench`): past this, the command exits with status 3 instead of retrying for ever.
+    kafka_connect_timeout_seconds: float = Field(default=10.0, gt=0)
     sasl_mechanism: str | None = None  # PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None

@@ -1,9 +1,10 @@
 """Backtest of :func:`fit_forecast` against the seasonal-naive baseline on synthetic usage.
 
-``novaquota projections backtest`` (or ``python -m projections.analytics.backtest``) prints a JSON
-report: per seed and on average, sMAPE and MASE of the model and of the baseline, the empirical
-coverage of the model's prediction interval, and whether the model wins. Each seed evaluates
-several forecast origins, one day apart, at the end of its series (rolling origin).
+``novaquota projections backtest`` (or ``python -m projections.analytics.backtest``) prints a
+summary, or with ``--output json`` (and to ``--out``) a JSON report: per seed and on average,
+sMAPE and MASE of the model and of the baseline, the empirical coverage of the model's
+prediction interval, and whether the model wins. Each seed evaluates several forecast origins,
+one day apart, at the end of its series (rolling origin).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from .exceptions import AnalyticsInputError
 from .forecast import fit_forecast, mase, seasonal_naive, smape
 from .series import DAY, WEEK
 
-__all__ = ["main", "measure_speed", "run_backtest", "seasonal_series"]
+__all__ = ["build_parser", "main", "measure_speed", "run_backtest", "seasonal_series"]
 
 _EPOCH = pd.Timestamp("2026-01-05", tz="UTC")  # a Monday
 
@@ -187,7 +188,7 @@ def measure_speed(series: int = 100, days: int = 28, horizon: int = 24) -> dict[
     return result
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="novaquota projections backtest",
         description="Forecast accuracy (sMAPE, MASE) against the seasonal-naive baseline.",
@@ -210,12 +211,18 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="exit with status 1 if the model does not beat the baseline",
     )
+    parser.add_argument(
+        "--output",
+        choices=("text", "json"),
+        default="text",
+        help="the report on standard output as a summary (default) or as the JSON report",
+    )
     return parser
 
 
 def main(argv: Sequence[str]) -> int:
     """Run the backtest and print its JSON report; status 2 on bad arguments."""
-    args = _parser().parse_args(list(argv))
+    args = build_parser().parse_args(list(argv))
     try:
         report = run_backtest(
             args.seeds,
@@ -231,7 +238,18 @@ def main(argv: Sequence[str]) -> int:
         print(f"novaquota projections backtest: {exc}", file=sys.stderr)
         return 2
     text = json.dumps(report, indent=2)
-    print(text)
+    if args.output == "json":
+        print(text)
+    else:
+        m = report["mean"]
+        print(
+            f"model sMAPE {m['model_smape']}  MASE {m['model_mase']}  coverage {m['coverage']}\n"
+            f"naive sMAPE {m['naive_smape']}  MASE {m['naive_mase']}\n"
+            f"MASE ratio {report['mase_ratio']}; the model wins {report['seeds_won']} of "
+            f"{len(report['per_seed'])} series: {'yes' if report['model_wins'] else 'no'}"
+        )
+        if "speed" in report:
+            print(f"speed: {json.dumps(report['speed'])}")
     if args.out is not None:
         from novaquota.streams.settings import ensure_dir  # the CLI only: the package stays pure
 

@@ -67,7 +67,7 @@ def test_publish_cli_sends_valid_lines_and_reports_invalid_ones(
     assert proc.returncode == 1, proc.stderr
     assert "line 3: malformed_json" in proc.stderr
     assert "line 4: negative_amount: data.cpu" in proc.stderr
-    assert "published 3 message(s) (2 resource events, 1 commands); rejected 2" in proc.stderr
+    assert proc.stdout == "published 3 message(s) (2 resource events, 1 commands); rejected 2\n"
     assert stack.wait_for(lambda: _used(stack, "pub", "cpu") == 3.75)
     # the rejected lines were never sent: nothing reached the dead-letter topic
     assert stack.consume("dead-letter", idle=1) == []

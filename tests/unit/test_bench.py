@@ -125,6 +125,7 @@ def _failing(settings: Settings, **kw: Any) -> dict[str, Any]:
 def fake_sections(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(bench.SECTIONS, "core", _fake_core)
     monkeypatch.setitem(bench.SECTIONS, "latency", _failing)
+    monkeypatch.setattr(bench, "require_broker", lambda settings: None)
 
 
 def test_run_bench_runs_the_selected_sections(tmp_path: Path, fake_sections: None) -> None:

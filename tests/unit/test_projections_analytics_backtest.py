@@ -52,7 +52,7 @@ def test_cli_prints_json_and_writes_file(
 ) -> None:
     out = tmp_path / "backtest.json"
     args = ["--seeds", "5", "--days", "15", "--horizon", "12", "--origins", "1"]
-    assert main([*args, "--out", str(out), "--require-win"]) == 0
+    assert main([*args, "--out", str(out), "--require-win", "--output", "json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads(out.read_text())
     assert printed["config"]["horizon"] == 12
@@ -60,7 +60,7 @@ def test_cli_prints_json_and_writes_file(
 
 
 def test_cli_speed_report(capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["--seeds", "1", "--days", "3", "--origins", "1", "--speed", "2"]
+    args = ["--seeds", "1", "--days", "3", "--origins", "1", "--speed", "2", "--output", "json"]
     assert main(args) == 0
     speed = json.loads(capsys.readouterr().out)["speed"]
     assert speed["series"] == 2 and speed["days"] == 3
