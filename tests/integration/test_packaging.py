@@ -110,3 +110,10 @@ def test_the_base_install_is_the_client_alone(wheel: Path, tmp_path: Path) -> No
         "pydantic",
     ]
     assert any("testcontainers" in r and 'extra == "dev"' in r for r in got["requires"])
+
+    script = env_dir / "bin" / "novaquota"
+    version = subprocess.run([str(script), "--version"], capture_output=True, text=True)
+    assert (version.returncode, version.stdout.strip()) == (0, f"novaquota {__version__}")
+    worker = subprocess.run([str(script), "topics", "describe"], capture_output=True, text=True)
+    assert worker.returncode == 2
+    assert "pip install 'novaquota[worker]'" in worker.stderr, worker.stderr
