@@ -93,6 +93,9 @@ class PolicyFeed:
 
     def event(self, d: Decoded) -> list[PolicyAction]:
         """One decoded input message (resource event or command) in log order."""
+        return self._settle(self._event(d))
+
+    def _event(self, d: Decoded) -> list[PolicyAction]:
         t = d.time_us
         data: Any = d.data
         if d.kind == "resource":
@@ -125,6 +128,9 @@ class PolicyFeed:
 
     def output(self, type_: str, data: Mapping[str, Any]) -> list[PolicyAction]:
         """One record of the violations or alerts topic (as a dict of its ``data``)."""
+        return self._settle(self._output(type_, data))
+
+    def _output(self, type_: str, data: Mapping[str, Any]) -> list[PolicyAction]:
         try:
             key: Key = (
                 str(data["tenant_id"]),
@@ -150,7 +156,38 @@ class PolicyFeed:
 
     def advance(self, time_us: int | None = None) -> list[PolicyAction]:
         """Event time passed (default: the newest resource event's time)."""
-        return self.engine.advance(self.watermark if time_us is None else time_us)
+        return self._settle(self.engine.advance(self.watermark if time_us is None else time_us))
+
+    def _settle(self, actions: list[PolicyAction]) -> list[PolicyAction]:
+        """Take the policies' own commands as applied at once (the quota they set is observed
+        at the action's time), so the rules that follow see it without waiting for the command
+        to come back through the command topic; when it does, it changes nothing. Bounded: a
+        chain of actions that keeps causing actions stops after a few rounds."""
+        out = list(actions)
+        pending = actions
+        for _round in range(8):
+            more: list[PolicyAction] = []
+            for a in pending:
+                more.extend(self._apply_own(a))
+            if not more:
+                break
+            out.extend(more)
+            pending = more
+        return out
+
+    def _apply_own(self, a: PolicyAction) -> list[PolicyAction]:
+        cmd = a.command()
+        if cmd is None:
+            return []
+        type_, data = cmd
+        try:
+            if type_ == "quota.set":
+                return self._quota(QuotaSet.model_validate(data), a.time_us)
+            if type_ == "template.applied":
+                return self._template(TemplateApplied.model_validate(data), a.time_us)
+        except ValueError:  # the enforcement worker refuses it too (dead-lettered)
+            return []
+        return []
 
     # -- usage -------------------------------------------------------------------------------
 
