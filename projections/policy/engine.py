@@ -763,7 +763,8 @@ class PolicyEngine:
         new = max(new, Decimal(0))
         if (spec.grows and new <= cur) or (not spec.grows and new >= cur):
             return None
-        return new
+        # the fewest digits that say it: 3, not 3.000
+        return new.quantize(Decimal(1)) if new == new.to_integral_value() else new.normalize()
 
     # -- views and persistence ---------------------------------------------------------------
 

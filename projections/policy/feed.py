@@ -117,7 +117,7 @@ class PolicyFeed:
             return self._observe_entity(key[:3], t, only=key)
         if isinstance(data, TemplateDefined):
             self.templates[data.name] = data.model_dump(
-                mode="json", include={"name", "description", "quotas", "monthly_cost"}
+                include={"name", "description", "quotas", "monthly_cost"}
             )
             return []
         if isinstance(data, TemplateApplied):
@@ -321,7 +321,7 @@ class PolicyFeed:
             "usage": [[list(k), v] for k, v in sorted(self.usage.items())],
             "quotas": [[list(k), _plain(q)] for k, q in sorted(self.quotas.items())],
             "tiers": [[list(e), v] for e, v in sorted(self.tiers.items())],
-            "templates": self.templates,
+            "templates": _plain(self.templates),
             "forecasts": [[list(k), list(v)] for k, v in sorted(self.forecasts.items())],
             "watermark": self.watermark,
         }
@@ -339,7 +339,7 @@ class PolicyFeed:
         feed.usage = {_key(k): int(v) for k, v in raw["usage"]}
         feed.quotas = {_key(k): quota_fields(q) for k, q in raw["quotas"]}
         feed.tiers = {(str(e[0]), str(e[1]), str(e[2])): str(v) for e, v in raw["tiers"]}
-        feed.templates = dict(raw["templates"])
+        feed.templates = {n: _amounts(t) for n, t in raw["templates"].items()}
         feed.forecasts = {_key(k): (int(v[0]), int(v[1])) for k, v in raw["forecasts"]}
         feed.watermark = int(raw["watermark"])
         return feed
@@ -350,9 +350,25 @@ def _key(raw: Any) -> Key:
     return (t, lvl, e, r)
 
 
+_AMOUNT_KEYS: Final = frozenset({"limit", "burst_limit", "monthly_cost"})
+
+
+def _amounts(value: Any, key: str = "") -> Any:
+    """Amounts back to exact decimals after a JSON trip (the models take numbers, not text)."""
+    if isinstance(value, Mapping):
+        return {str(k): _amounts(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_amounts(v) for v in value]
+    if key in _AMOUNT_KEYS and isinstance(value, str):
+        return Decimal(value)
+    return value
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
     if isinstance(value, Decimal):
         return format(value, "f")
     return value
