@@ -375,6 +375,9 @@ def _run(stack: Stack, pw: PolicyProcess, tmp: Path) -> None:
     assert view["versions"][0]["version"] == 1
     assert any(r["tenant_id"] == "grow" and r["fired"] == 1 for r in view["rules"])
     assert view["actions"][0]["limit"] == "15"
+    status, one = pw.get("/api/v1/policies/noisy?tenant_id=nobody")
+    assert status == 200 and one["rules"] == [] and one["actions"] == []
+    assert pw.get("/api/v1/policies/no-such-policy")[0] == 404
 
     # -- the enforcement API takes policies too (admin only) ----------------------------------
     w = stack.workers[0]
