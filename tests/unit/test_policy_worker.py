@@ -67,6 +67,12 @@ def test_actions_become_a_command_and_an_alert(tmp_path: Path) -> None:
     assert command.source == "novaquota/policy" and command.data.actor == "policy/p@1"
     envelope, alert = decode_output(av)
     assert envelope.id == acts[1].action_id and alert.kind == "policy"  # type: ignore[union-attr]
+    reg = w.metrics.registry
+    assert reg.get_sample_value("policy_emitted_total", {"kind": "command"}) == 1
+    assert reg.get_sample_value("policy_emitted_total", {"kind": "alert"}) == 1
+    assert (
+        reg.get_sample_value("policy_actions_total", {"policy": "p", "kind": "adjust_limit"}) == 1
+    )
 
 
 def test_an_id_in_the_ledger_is_never_sent_again_also_after_a_restart(tmp_path: Path) -> None:
