@@ -189,6 +189,12 @@ def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     return replay.main(args.rest, settings)
 
 
+def _cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
+    from novaquota.projections.policy import cli
+
+    return cli.main(args.rest, settings)
+
+
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from novaquota.ops import demo
 
@@ -204,6 +210,10 @@ DELEGATED: dict[str, tuple[str, Command]] = {
     "simulate": ("the seeded workload simulator (to Kafka or a JSON-lines file)", _cmd_simulate),
     "projections": ("projection workers: analytics, forecasts, cost, reports", _cmd_projections),
     "replay": ("rebuild state as of a time from the log: an audit report", _cmd_replay),
+    "policy": (
+        "policies that act: validate, load, delete, list, run the policy worker",
+        _cmd_policy,
+    ),
 }
 
 
