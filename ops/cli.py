@@ -221,6 +221,7 @@ def delegated_parsers() -> dict[str, argparse.ArgumentParser]:
     """The parsers of the delegated commands, by command name (for ``--help`` and tests)."""
     from novaquota.ops import bench, demo, simulate
     from novaquota.projections import cli, replay
+    from novaquota.projections.policy import cli as policy_cli
 
     return {
         "demo": demo.build_parser(),
@@ -228,6 +229,7 @@ def delegated_parsers() -> dict[str, argparse.ArgumentParser]:
         "simulate": simulate.build_parser(),
         "projections": cli.build_parser(),
         "replay": replay.build_parser(),
+        "policy": policy_cli.build_parser(),
     }
 
 

@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tomllib
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -37,19 +35,11 @@ OUTPUTS = ("text", "json")
 
 
 def package_version() -> str:
-    """``importlib.metadata``'s version of ``novaquota``; in a checkout that is not installed,
-    the ``version`` of the ``pyproject.toml`` next to the sources."""
-    from importlib import metadata
+    """The version of this code: ``novaquota.__version__``, the one source the package
+    metadata is built from."""
+    from novaquota import __version__
 
-    try:
-        return metadata.version("novaquota")
-    except metadata.PackageNotFoundError:
-        pass
-    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
-    try:
-        return str(tomllib.loads(pyproject.read_text())["project"]["version"])
-    except (OSError, KeyError, ValueError):
-        return "unknown"
+    return __version__
 
 
 def add_output_option(parser: argparse.ArgumentParser, what: str = "the report") -> None:

@@ -116,7 +116,7 @@ def _host_port(bootstrap: str) -> tuple[str, int]:
 
 
 def _resource(name: str) -> bytes:
-    return (resources.files("ops") / "kafka" / name).read_bytes()
+    return (resources.files("novaquota.ops") / "kafka" / name).read_bytes()
 
 
 # --- Reachability ------------------------------------------------------------------------------

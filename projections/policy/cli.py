@@ -24,6 +24,8 @@ from typing import Any
 
 import orjson
 
+from novaquota.ops.console import add_output_option, print_json, print_table
+from novaquota.ops.exitcodes import ExitCode
 from novaquota.schemas.policies import Policy, PolicyFileError, load_policies
 from novaquota.streams.settings import Settings
 
@@ -37,15 +39,20 @@ def build_parser() -> argparse.ArgumentParser:
         prog="novaquota policy", description="Policies: rules that watch quotas and act."
     )
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    files_help = "policy files, YAML or JSON: one policy or a list of them each"
     p = sub.add_parser("validate", help="check policy files (YAML or JSON); publish nothing")
-    p.add_argument("files", nargs="+", type=Path)
+    p.add_argument("files", nargs="+", type=Path, help=files_help)
+    add_output_option(p, "the policies found")
     p = sub.add_parser("load", help="validate, then publish policy.set for each policy")
-    p.add_argument("files", nargs="+", type=Path)
+    p.add_argument("files", nargs="+", type=Path, help=files_help)
     p.add_argument("--actor", default=None, help="who loads it (default $USER)")
+    add_output_option(p, "what was published")
     p = sub.add_parser("delete", help="publish policy.deleted")
-    p.add_argument("name")
+    p.add_argument("name", help="the policy to retire")
     p.add_argument("--actor", default=None, help="who deletes it (default $USER)")
+    add_output_option(p, "what was published")
     p = sub.add_parser("list", help="the policy set, from the policy worker or the log")
+    add_output_option(p, "the policy set")
     p.add_argument("--url", help="policy worker base URL (default http://127.0.0.1:6068)")
     p.add_argument(
         "--from-log", action="store_true", help="read the command topic instead of a worker"
@@ -60,7 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data-dir", type=Path, help="state directory")
         p.add_argument("--no-emit", action="store_true", help="evaluate only: send nothing")
         if name == "rebuild":
-            p.add_argument("--keep-running", action="store_true")
+            p.add_argument(
+                "--keep-running",
+                action="store_true",
+                help="go on as `run` once caught up (default: print the status and exit)",
+            )
+            add_output_option(p, "the status once caught up")
     return parser
 
 
@@ -68,6 +80,8 @@ def _load(files: list[Path]) -> list[Policy] | None:
     policies: list[Policy] = []
     failed = False
     for f in files:
+        if not f.is_file():
+            raise FileNotFoundError(f"no such policy file: {f}")
         try:
             policies.extend(load_policies(f))
         except PolicyFileError as exc:
@@ -106,34 +120,48 @@ async def _publish(settings: Settings, messages: list[tuple[str, dict[str, Any]]
         await producer.stop()
 
 
+def _summary(policies: list[Policy]) -> list[dict[str, Any]]:
+    return [
+        {"name": p.name, "version": p.version, "rules": [r.name for r in p.rules]} for p in policies
+    ]
+
+
 def _validate(args: argparse.Namespace) -> int:
     policies = _load(args.files)
     if policies is None:
-        return 1
+        return ExitCode.REJECTED
+    if args.output == "json":
+        print_json({"valid": True, "policies": _summary(policies)})
+        return ExitCode.OK
     for p in policies:
         print(f"{p.ref}: {len(p.rules)} rule(s) ({', '.join(r.name for r in p.rules)})")
-    return 0
+    return ExitCode.OK
 
 
 def _load_cmd(args: argparse.Namespace, settings: Settings) -> int:
     policies = _load(args.files)
     if policies is None:
         print("novaquota policy: nothing published", file=sys.stderr)
-        return 1
+        return ExitCode.REJECTED
     actor = _actor(args.actor)
     messages = [("policy.set", {**p.model_dump(mode="json"), "actor": actor}) for p in policies]
     asyncio.run(_publish(settings, messages))
+    if args.output == "json":
+        print_json({"published": "policy.set", "actor": actor, "policies": _summary(policies)})
+        return ExitCode.OK
     for p in policies:
         print(f"published policy.set {p.ref} ({len(p.rules)} rule(s))")
-    return 0
+    return ExitCode.OK
 
 
 def _delete(args: argparse.Namespace, settings: Settings) -> int:
-    asyncio.run(
-        _publish(settings, [("policy.deleted", {"name": args.name, "actor": _actor(args.actor)})])
-    )
-    print(f"published policy.deleted {args.name}")
-    return 0
+    actor = _actor(args.actor)
+    asyncio.run(_publish(settings, [("policy.deleted", {"name": args.name, "actor": actor})]))
+    if args.output == "json":
+        print_json({"published": "policy.deleted", "actor": actor, "name": args.name})
+    else:
+        print(f"published policy.deleted {args.name}")
+    return ExitCode.OK
 
 
 async def _from_log(settings: Settings) -> dict[str, Any]:
@@ -185,11 +213,28 @@ async def _from_log(settings: Settings) -> dict[str, Any]:
     return {"policies": [found[n] for n in sorted(found)]}
 
 
+def _show_list(body: Any, output: str) -> None:
+    if output == "json" or not isinstance(body, dict) or "policies" not in body:
+        print_json(body)
+        return
+    rows = [
+        {
+            "name": p.get("name"),
+            "version": p.get("version"),
+            "active": p.get("active"),
+            "rules": ",".join(
+                r if isinstance(r, str) else str(r.get("name")) for r in p.get("rules") or []
+            ),
+        }
+        for p in body["policies"]
+    ]
+    print_table(rows, ["name", "version", "active", "rules"])
+
+
 def _list(args: argparse.Namespace, settings: Settings) -> int:
     if args.from_log:
-        body = asyncio.run(_from_log(settings))
-        print(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
-        return 0
+        _show_list(asyncio.run(_from_log(settings)), args.output)
+        return ExitCode.OK
     import httpx
 
     from novaquota.projections.policy.worker import PolicySettings
@@ -204,9 +249,12 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
             f"novaquota policy: no policy worker answers at {base} ({exc}); try --from-log",
             file=sys.stderr,
         )
-        return 1
-    print(orjson.dumps(resp.json(), option=orjson.OPT_INDENT_2).decode())
-    return 0 if resp.status_code == 200 else 1
+        return ExitCode.REJECTED
+    if resp.status_code != 200:
+        print(f"novaquota policy: {base} answered {resp.status_code}: {resp.text}", file=sys.stderr)
+        return ExitCode.REJECTED
+    _show_list(resp.json(), args.output)
+    return ExitCode.OK
 
 
 async def serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -245,7 +293,10 @@ async def serve(settings: Settings, args: argparse.Namespace) -> int:
     try:
         if rebuild and not args.keep_running:
             await worker.run(stop, until_caught_up=True)
-            print(orjson.dumps(worker.status_body(), option=orjson.OPT_INDENT_2).decode())
+            if args.output == "json":
+                print_json(worker.status_body())
+            else:
+                print(orjson.dumps(worker.status_body(), option=orjson.OPT_INDENT_2).decode())
         else:
             await worker.run(stop)
     finally:
@@ -256,6 +307,14 @@ async def serve(settings: Settings, args: argparse.Namespace) -> int:
 
 def main(argv: list[str], settings: Settings) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        return _main(args, settings)
+    except FileNotFoundError as exc:
+        print(f"novaquota policy: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+
+
+def _main(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "validate":
         return _validate(args)
     if args.action == "load":
@@ -267,8 +326,11 @@ def main(argv: list[str], settings: Settings) -> int:
     from novaquota.streams.logs import configure_logging
 
     configure_logging(settings)
+    from novaquota.ops.topics import check_reachable
+
+    asyncio.run(check_reachable(settings))  # exit 3 at once rather than retrying for ever
     try:
         return asyncio.run(serve(settings, args))
     except (RuntimeError, OSError) as exc:  # a missing topic, a port in use
         print(f"novaquota policy: {exc}", file=sys.stderr)
-        return 1
+        return ExitCode.REJECTED

@@ -27,3 +27,10 @@ def test_cluster_ids_are_random_and_well_formed() -> None:
     assert len(ids) == 2000
     assert not any(i.startswith("-") for i in ids)
     assert all(len(base64.urlsafe_b64decode(i + "==")) == 16 for i in ids)
+
+
+def test_the_broker_config_templates_are_package_resources() -> None:
+    # Read through importlib.resources, as an installed wheel has them (novaquota.ops.kafka).
+    template = kafka_local._resource("server.properties.template").decode()
+    assert "process.roles" in template
+    assert kafka_local._resource("pom.xml").startswith(b"<")
