@@ -4,7 +4,7 @@ novaquota policy validate FILE...            check policy files, publish nothing
 novaquota policy load FILE... [--actor A]    validate, then publish one policy.set per policy
 novaquota policy delete NAME [--actor A]     publish policy.deleted
 novaquota policy list [--url URL | --from-log]
-novaquota policy run [--port 6068] [--data-dir DIR] [--no-emit]
+novaquota policy run [--port 6069] [--data-dir DIR] [--no-emit]
 novaquota policy rebuild [--keep-running] ... (read the log again; the emitted ledger stays)
 """
 
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_output_option(p, "what was published")
     p = sub.add_parser("list", help="the policy set, from the policy worker or the log")
     add_output_option(p, "the policy set")
-    p.add_argument("--url", help="policy worker base URL (default http://127.0.0.1:6068)")
+    p.add_argument("--url", help="policy worker base URL (default http://127.0.0.1:6069)")
     p.add_argument(
         "--from-log", action="store_true", help="read the command topic instead of a worker"
     )
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=help_)
         p.add_argument("--host", help="HTTP host (default NOVAQUOTA_POLICY_WEB_HOST)")
-        p.add_argument("--port", type=int, help="HTTP port (default 6068)")
+        p.add_argument("--port", type=int, help="HTTP port (default 6069)")
         p.add_argument("--data-dir", type=Path, help="state directory")
         p.add_argument("--no-emit", action="store_true", help="evaluate only: send nothing")
         if name == "rebuild":

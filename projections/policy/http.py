@@ -1,4 +1,4 @@
-"""HTTP views of the policy worker (contract section 6, default port 6068).
+"""HTTP views of the policy worker (contract section 6, default port 6069).
 
 Policies span tenants, so every view needs the ``admin`` action; authentication is the other
 servers' (``streams.auth``)."""

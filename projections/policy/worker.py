@@ -59,7 +59,7 @@ class PolicySettings(BaseSettings):
 
     data_dir: Path = Path("./var/policy")
     web_host: str = "127.0.0.1"
-    web_port: int = Field(default=6068, ge=0, le=65535)
+    web_port: int = Field(default=6069, ge=0, le=65535)
     #: consumer group used only to make the lag visible; the stored position is the truth
     group_suffix: str = "-policy"
     #: the state and its position are written at most this often (and when the log is idle)
