@@ -16,8 +16,11 @@ from pydantic import (
     ConfigDict,
     Field,
     NonNegativeInt,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -37,6 +40,7 @@ from schemas.common import (
     fail,
 )
 from schemas.limits import DEFAULT_LIMITS, DecodeLimits
+from schemas.policies import Policy
 
 __all__ = [
     "BUILTIN_TEMPLATE_NAMES",
@@ -46,6 +50,9 @@ __all__ = [
     "DEFAULT_GRACE_SECONDS",
     "BudgetSet",
     "Command",
+    "CommandCause",
+    "PolicyDeleted",
+    "PolicySet",
     "QuotaDeleted",
     "QuotaSet",
     "QuotaSpec",
@@ -69,13 +76,40 @@ def _limits(info: ValidationInfo) -> DecodeLimits:
     return info.context if isinstance(info.context, DecodeLimits) else DEFAULT_LIMITS
 
 
+class CommandCause(BaseModel):
+    """Why a command was issued, when a policy issued it: the policy, its version, the rule and
+    the figures that triggered it (docs/policies.md). The audit record of the command carries
+    it as ``details.cause`` (contract section 5)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    policy: Id
+    version: int = Field(ge=1)
+    rule: Id
+    action: str = ""
+    action_id: str = ""
+    figures: dict[str, Any] = {}
+    summary: str = ""
+
+
 class Command(BaseModel):
-    """Base of every command's data: who asked (recorded on the audit topic)."""
+    """Base of every command's data: who asked (recorded on the audit topic), and optionally
+    why (``cause``, set by policies; left out of the serialised data when absent)."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
     TYPE: ClassVar[str] = ""
 
     actor: Id
+    cause: CommandCause | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_empty_cause(
+        self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
+    ) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and data.get("cause", 0) is None:
+            del data["cause"]
+        return data
 
 
 class ScopedCommand(Command):
@@ -314,6 +348,35 @@ class TenantDeleted(Command):
     tenant_id: TenantId
 
 
+class PolicySet(Policy, Command):
+    """Create a policy or replace it by a new version (``schemas.policies.Policy``); it applies
+    system-wide, so the stream keys it to the ``system`` tenant."""
+
+    model_config = ConfigDict(
+        frozen=True, extra="ignore", populate_by_name=True, serialize_by_alias=True
+    )
+    TYPE: ClassVar[str] = "policy.set"
+
+    @property
+    def tenant_id(self) -> str:
+        return SYSTEM_TENANT
+
+    def policy(self) -> Policy:
+        """The policy itself, without the command's ``actor`` and ``cause``."""
+        return Policy.model_validate(self.model_dump(exclude={"actor", "cause"}))
+
+
+class PolicyDeleted(Command):
+    """Remove a policy (every version); its rules stop at once."""
+
+    TYPE: ClassVar[str] = "policy.deleted"
+    name: Id
+
+    @property
+    def tenant_id(self) -> str:
+        return SYSTEM_TENANT
+
+
 COMMAND_MODELS: Final[dict[str, type[Command]]] = {
     model.TYPE: model
     for model in (
@@ -326,5 +389,7 @@ COMMAND_MODELS: Final[dict[str, type[Command]]] = {
         BudgetSet,
         RateLimitSet,
         TenantDeleted,
+        PolicySet,
+        PolicyDeleted,
     )
 }

@@ -93,7 +93,7 @@ ViolationKind = Literal[
     "window_exceeded",
     "budget_exceeded",
 ]
-AlertKind = Literal["threshold", "burst", "soft_limit", "cost", "forecast", "anomaly"]
+AlertKind = Literal["threshold", "burst", "soft_limit", "cost", "forecast", "anomaly", "policy"]
 
 SYSTEM_TENANT: Final = "system"
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)

@@ -340,7 +340,14 @@ class Enforcer:
             raise Rejection(r.reason, r.message)
         if decoded.id in self.fault_ids:
             raise InjectedFault(f"injected fault for event id {decoded.id!r}")
-        emits = self._emits(tenant, outputs, decoded.type, decoded.source)
+        cause = getattr(decoded.data, "cause", None)
+        emits = self._emits(
+            tenant,
+            outputs,
+            decoded.type,
+            decoded.source,
+            None if cause is None else cause.model_dump(mode="json"),
+        )
         delta: dict[str, int] = {}
         if before is not None:
             delta = _change(before, q.tenant_totals(rec.tenant))
@@ -369,14 +376,24 @@ class Enforcer:
             del rows[key]
 
     def _emits(
-        self, tenant: str, outputs: list[q.Output], cause_type: str, cause_source: str
+        self,
+        tenant: str,
+        outputs: list[q.Output],
+        cause_type: str,
+        cause_source: str,
+        command_cause: dict[str, Any] | None = None,
     ) -> list[Emit]:
         key = tenant.encode()
         emits = []
         for out in outputs:
             if isinstance(out, q.Rejected):
                 continue
-            topic, value = encode_output(out, cause_type=cause_type, cause_source=cause_source)
+            topic, value = encode_output(
+                out,
+                cause_type=cause_type,
+                cause_source=cause_source,
+                command_cause=command_cause if isinstance(out, q.Audit) else None,
+            )
             opened = (out.resource_type, out.kind) if isinstance(out, q.ViolationOpened) else None
             emits.append(Emit(topic, key, value, opened))
         return emits

@@ -197,6 +197,20 @@ def to_inputs(
         ]
     if isinstance(data, cmd.TenantDeleted):
         return [q.TenantDeleted(tenant_id=data.tenant_id, actor=data.actor, **common)]
+    if isinstance(data, cmd.PolicySet):
+        return [
+            q.PolicyChanged(
+                name=data.name,
+                version=data.version,
+                policy=data.policy().model_dump(mode="json"),
+                actor=data.actor,
+                **common,
+            )
+        ]
+    if isinstance(data, cmd.PolicyDeleted):
+        return [
+            q.PolicyChanged(name=data.name, version=None, policy=None, actor=data.actor, **common)
+        ]
     # template.defined is stored by the agent (a global table), not by the tenant core.
     return []
 
@@ -294,8 +308,18 @@ def _audit_value(subject: str, value: Any) -> Any:
     return _human(value)
 
 
-def encode_output(out: q.Output, *, cause_type: str, cause_source: str) -> tuple[str, bytes]:
-    """(topic suffix, structured CloudEvent bytes) for one core output."""
+def encode_output(
+    out: q.Output,
+    *,
+    cause_type: str,
+    cause_source: str,
+    command_cause: Mapping[str, Any] | None = None,
+) -> tuple[str, bytes]:
+    """(topic suffix, structured CloudEvent bytes) for one core output.
+
+    ``command_cause``: the ``cause`` a command carried (a policy's action); an audit record of
+    the command shows it as ``details.cause``, and its summary as ``details.reason``.
+    """
     topic = output_topic(out)
     if isinstance(out, q.ViolationOpened | q.ViolationResolved):
         body = encode(
@@ -347,6 +371,10 @@ def encode_output(out: q.Output, *, cause_type: str, cause_source: str) -> tuple
             **({"reason": out.reason} if out.reason else {}),
         },
     }
+    if command_cause is not None:
+        audit["details"]["cause"] = dict(command_cause)
+        if not out.reason and command_cause.get("summary"):
+            audit["details"]["reason"] = command_cause["summary"]
     body = encode(audit_type, audit, source=OUTPUT_SOURCE, id=out.audit_id, time_us=out.time_us)
     return topic, body
 

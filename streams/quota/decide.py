@@ -34,6 +34,7 @@ from .inputs import (
     GaugeSample,
     Input,
     Inventory,
+    PolicyChanged,
     QuotaDeleted,
     QuotaSet,
     RateLimitSet,
@@ -121,6 +122,8 @@ def apply_system(state: SystemState, inp: Input, config: Config = DEFAULT_CONFIG
         if inp.level != "system" or inp.tenant_id not in (None, SYSTEM_TENANT):
             return [Rejected("invalid", "only system-level quotas belong to the system state")]
         _quota_set(state, inp, config, out)
+    elif isinstance(inp, PolicyChanged):
+        out.append(_policy_audit(state, inp))
     elif isinstance(inp, QuotaDeleted):
         if inp.level != "system":
             return [Rejected("invalid", "only system-level quotas belong to the system state")]
@@ -730,6 +733,21 @@ def _quota_set(book: QuotaBook, inp: QuotaSet, cfg: Config, out: Out) -> None:
         )
     )
     evaluate(book, ekey, res, inp.time_us, inp.event_id, cfg, out)
+
+
+def _policy_audit(book: QuotaBook, inp: PolicyChanged) -> Audit:
+    """A policy change leaves the enforcement state as it is; it is audited only."""
+    deleted = inp.version is None
+    return audit_record(
+        book,
+        "audit.policy_deleted" if deleted else "audit.policy_set",
+        inp.actor,
+        inp.event_id,
+        inp.time_us,
+        f"policy/{inp.name}",
+        None,
+        None if deleted else inp.policy,
+    )
 
 
 def _quota_deleted(book: QuotaBook, inp: QuotaDeleted, cfg: Config, out: Out) -> None:

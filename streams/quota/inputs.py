@@ -17,6 +17,7 @@ __all__ = [
     "Input",
     "Inventory",
     "InventoryItem",
+    "PolicyChanged",
     "QuotaDeleted",
     "QuotaSet",
     "RateLimitSet",
@@ -216,6 +217,21 @@ class Reconcile:
     actor: str = "reconciler"
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PolicyChanged:
+    """``policy.set`` / ``policy.deleted``: the enforcement state keeps no policy, it only
+    audits the change (the policy worker acts on it)."""
+
+    name: str
+    version: int | None
+    """None for a deletion."""
+    policy: Mapping[str, object] | None
+    actor: str = ""
+    time_us: int
+    source: str
+    event_id: str
+
+
 @dataclass(frozen=True, slots=True)
 class SystemTotals:
     """Absolute usage of all tenants (summed by the owner of the reserved tenant ``system``)."""
@@ -239,4 +255,5 @@ Input = (
     | Tick
     | Reconcile
     | SystemTotals
+    | PolicyChanged
 )
