@@ -45,6 +45,7 @@ from projections.cost import Catalogue, entity_cost, load_catalogue
 from projections.exceptions import PricingError
 from projections.folds import FoldParams, FoldStats, ProjectionState, flush, fold_event
 from projections.log import LogReader, LogRecord
+from projections.policy import POLICY_SOURCE, Episode, Observation, PolicyAction, PolicyEngine
 from projections.replay import (
     FORMATS,
     ArgumentError,
@@ -60,6 +61,7 @@ from projections.replay import (
     run_cli,
     write_output,
 )
+from schemas.amounts import from_micros
 from schemas.codec import _decode_error, encode
 from schemas.commands import (
     COMMAND_MODELS,
@@ -71,9 +73,11 @@ from schemas.commands import (
 )
 from schemas.common import SYSTEM_TENANT
 from schemas.limits import DecodeLimits
+from schemas.policies import Policy, PolicyFileError, parse_policies
 from schemas.templates import BUILTIN_TEMPLATES
 from streams import quota as q
-from streams.enforce import Rejection
+from streams.enforce import SYSTEM, Rejection
+from streams.quota.units import split_entity_key
 from streams.settings import Settings
 
 __all__ = [
@@ -141,7 +145,7 @@ class Proposal:
     sha256: str
     description: str
     changes: tuple[Change, ...]
-    policies: tuple[Any, ...] = ()
+    policies: tuple[Policy, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -197,12 +201,14 @@ def parse_proposal(
     *,
     limits: DecodeLimits | None = None,
     tenant: str | None = None,
+    base: Path | None = None,
 ) -> Proposal:
     """Parse and validate a what-if file (YAML or JSON).
 
     The file is a mapping with ``changes`` (a list of commands: ``type`` plus the command's
-    data; ``actor`` defaults to ``what-if``), optionally ``policies`` and ``description``; a
-    bare list is read as ``changes``. Raises ``ProposalError`` naming the field at fault.
+    data; ``actor`` defaults to ``what-if``), optionally ``policies`` (a list of policies, or
+    the path of a policy file, relative to ``base``) and ``description``; a bare list is read
+    as ``changes``. Raises ``ProposalError`` naming the field at fault.
     """
     doc = _load_text(raw, name)
     if isinstance(doc, list):
@@ -221,11 +227,27 @@ def parse_proposal(
     if not isinstance(raw_changes, list):
         raise ProposalError(f"{name}: changes: a list of commands")
     changes = tuple(_change(i, item, name, limits, tenant) for i, item in enumerate(raw_changes))
-    policies = _policies(doc.get("policies"), name)
+    digest = hashlib.sha256(raw)
+    raw_policies = doc.get("policies")
+    if isinstance(raw_policies, str):
+        path = (base or Path.cwd()) / raw_policies
+        try:
+            text = path.read_bytes()
+        except OSError as exc:
+            raise ProposalError(
+                f"{name}: policies: cannot read {raw_policies} ({exc.strerror or exc})"
+            ) from None
+        digest.update(b"\0" + text)
+        raw_policies = _load_text(text, raw_policies)
+        if isinstance(raw_policies, dict) and set(raw_policies) == {"policies"}:
+            raw_policies = raw_policies["policies"]
+        if isinstance(raw_policies, dict):
+            raw_policies = [raw_policies]  # a file of one policy
+    policies = _policies(raw_policies, name)
     if not changes and not policies:
         raise ProposalError(f"{name}: changes: the file proposes nothing (no changes, no policies)")
     _no_conflicts(changes, name)
-    return Proposal(name, hashlib.sha256(raw).hexdigest(), description, changes, policies)
+    return Proposal(name, digest.hexdigest(), description, changes, policies)
 
 
 def _change(
@@ -257,16 +279,18 @@ def _change(
     return change
 
 
-def _policies(raw: Any, name: str) -> tuple[Any, ...]:
+def _policies(raw: Any, name: str) -> tuple[Policy, ...]:
+    """The policy set (``schemas.policies``, as ``policy.set`` takes it): a list of policies."""
     if raw is None:
         return ()
     if not isinstance(raw, list):
-        raise ProposalError(f"{name}: policies: a list of policies")
-    if raw:
-        raise ProposalError(
-            f"{name}: policies: policy sets are not supported by this version of the what-if replay"
-        )
-    return ()
+        raise ProposalError(f"{name}: policies: a list of policies, or a policy file's path")
+    if not raw:
+        return ()
+    try:
+        return tuple(parse_policies(raw, name))
+    except PolicyFileError as exc:
+        raise ProposalError(f"{name}: {'; '.join(exc.problems)}") from None
 
 
 def _key_of(change: Change) -> tuple[str, str, str, str] | None:
@@ -303,7 +327,7 @@ def load_proposal(
         raw = path.read_bytes()
     except OSError as exc:
         raise ProposalError(f"{path}: cannot read it ({exc.strerror or exc})") from None
-    return parse_proposal(raw, path.name, limits=limits, tenant=tenant)
+    return parse_proposal(raw, path.name, limits=limits, tenant=tenant, base=path.parent)
 
 
 # --- the two runs ------------------------------------------------------------------------------
@@ -332,6 +356,11 @@ class _Run(ReplayEngine):
         super().__init__(*args, **kw)
         self.checks: list[CheckRecord] = []
         self.counts["admission_records"] = 0
+
+    def state_of(self, tenant: str) -> q.TenantState | q.SystemState | None:
+        if self.store.stored(tenant) is None:
+            return None
+        return self.enforcer.load(tenant)[0].state
 
     def admission(self, rec: LogRecord, body: dict[str, Any]) -> None:
         tenant = str(body["tenant_id"])
@@ -379,6 +408,7 @@ class WhatIfResult:
     checks: dict[str, list[CheckRecord]]
     superseded: list[dict[str, Any]]
     applied: list[dict[str, Any]]
+    policy_actions: list[dict[str, Any]]
     costs: ProjectionState
     templates: dict[str, TemplateSpec]
     counts: dict[str, int] = field(default_factory=dict)
@@ -433,6 +463,9 @@ class WhatIfEngine:
         self.fold_params = fold_params or FoldParams()
         self._fold_stats = FoldStats()
         self._inputs = {self.topics.resource_events, self.topics.quota_commands}
+        self.limits = self.actual.limits
+        self.policies = _PolicyRunner(self, proposal.policies) if proposal.policies else None
+        self._policy_names = {p.name for p in proposal.policies}
 
     # -- feeding ---------------------------------------------------------------------------
 
@@ -440,15 +473,20 @@ class WhatIfEngine:
         if rec.topic in self._inputs:
             got = self.actual.classify(rec)
             decoded: Any = got.decoded
-            if got.kind == "tenant" and decoded is not None:
-                self._arrive(got.tenant, decoded.time_us)
+            tenant = got.tenant if got.kind == "tenant" else None
+            if tenant is not None:
+                self._arrive(tenant, decoded.time_us)
+                self._before(tenant, decoded.time_us)
+            mark = len(self.proposed.outputs)
             self.actual.counts["records"] += 1
             self.proposed.counts["records"] += 1
             self.actual.apply_input(rec, got)
-            if got.kind == "tenant" and decoded.kind == "command":
+            if tenant is not None and decoded.kind == "command":
                 self._proposed_command(rec, got)
             else:
                 self.proposed.apply_input(rec, got)
+            if tenant is not None:
+                self._after(tenant, decoded.time_us, mark)
             if got.kind in ("tenant", "template") and (
                 self.tenant is None or got.tenant in (None, self.tenant)
             ):
@@ -458,11 +496,18 @@ class WhatIfEngine:
                 tick_us = int(rec.value or b"")
             except ValueError:
                 tick_us = None
-            if tick_us is not None and tick_us >= self.start_us:
-                for tenant in self.proposed.due_tenants(tick_us, rec.partition):
+            due: list[str] = []
+            if tick_us is not None:
+                due = self.proposed.due_tenants(tick_us, rec.partition)
+                for tenant in due:
                     self._arrive(tenant, tick_us)
+                    self._before(tenant, tick_us)
+            mark = len(self.proposed.outputs)
             self.actual.feed(rec)
             self.proposed.feed(rec)
+            for tenant in due:
+                assert tick_us is not None
+                self._after(tenant, tick_us, mark)
         elif rec.topic == self.topics.admission:
             body = _admission_body(rec.value)
             if body is None:
@@ -470,18 +515,31 @@ class WhatIfEngine:
             tenant = str(body["tenant_id"])
             if self.tenant is not None and tenant != self.tenant:
                 return
-            self._arrive(tenant, int(body["now_us"]))
+            now = int(body["now_us"])
+            self._arrive(tenant, now)
+            self._before(tenant, now)
             self.actual.admission(rec, body)
             self.proposed.admission(rec, body)
 
     def _arrive(self, tenant: str | None, time_us: int) -> None:
         """A record of ``tenant`` at ``time_us`` is next: the proposal takes effect first."""
-        if time_us < self.start_us or not self.pending:
+        if time_us < self.start_us:
             return
-        if SYSTEM_TENANT in self.pending:
-            self._inject(SYSTEM_TENANT, self.start_us)
-        if tenant is not None and tenant in self.pending:
-            self._inject(tenant, self.start_us)
+        if self.pending:
+            if SYSTEM_TENANT in self.pending:
+                self._inject(SYSTEM_TENANT, self.start_us)
+            if tenant is not None and tenant in self.pending:
+                self._inject(tenant, self.start_us)
+        if self.policies is not None and not self.policies.started:
+            self.policies.start(self.start_us)
+
+    def _before(self, tenant: str, time_us: int) -> None:
+        if self.policies is not None and self.policies.started:
+            self.policies.before(tenant, time_us)
+
+    def _after(self, tenant: str, time_us: int, mark: int) -> None:
+        if self.policies is not None and self.policies.started:
+            self.policies.after(tenant, time_us, mark)
 
     def _inject(self, tenant: str, time_us: int) -> None:
         for change in self.pending.pop(tenant, []):
@@ -541,11 +599,18 @@ class WhatIfEngine:
         decoded: Any = got.decoded
         data = decoded.data
         if decoded.time_us >= self.start_us:
-            by: Change | None = None
+            by: str | None = None
+            change: Change | None = None
             if isinstance(data, QuotaSet | QuotaDeleted):
-                by = self.pinned_quotas.get(data.quota_key)
+                change = self.pinned_quotas.get(data.quota_key)
             elif isinstance(data, TemplateApplied):
-                by = self.pinned_templates.get(data.entity_key)
+                change = self.pinned_templates.get(data.entity_key)
+            if change is not None:
+                by = change.where
+            actor = str(getattr(data, "actor", "") or "")
+            if actor.startswith("policy/") and actor[7:].rsplit("@", 1)[0] in self._policy_names:
+                # the proposal's version of this policy decides in the proposed run
+                by = f"policies[{actor[7:].rsplit('@', 1)[0]}]"
             if by is not None:
                 if self.tenant is None or got.tenant == self.tenant:
                     self.superseded.append(
@@ -553,8 +618,8 @@ class WhatIfEngine:
                             "type": decoded.type,
                             "tenant_id": got.tenant,
                             "time": iso(decoded.time_us),
-                            "actor": str(getattr(data, "actor", "") or ""),
-                            "by_change": by.index,
+                            "actor": actor,
+                            "by": by,
                             "cause": Citation(
                                 rec.position, decoded.id, decoded.source, decoded.time_us
                             ).to_dict(),
@@ -579,6 +644,10 @@ class WhatIfEngine:
     def finish(self, ranges: Sequence[Any] = ()) -> WhatIfResult:
         for tenant in sorted(self.pending):
             self._inject(tenant, self.start_us)
+        if self.policies is not None:
+            if not self.policies.started:
+                self.policies.start(self.start_us)
+            self.policies.finish(self.end_us)
         flush(self.costs)
         actual = self.actual.finish(ranges)
         proposed = self.proposed.finish(ranges)
@@ -595,9 +664,214 @@ class WhatIfEngine:
             checks={"actual": self.actual.checks, "proposed": self.proposed.checks},
             superseded=self.superseded,
             applied=self.applied,
+            policy_actions=self.policies.actions if self.policies is not None else [],
             costs=self.costs,
             templates=templates,
         )
+
+
+# --- the policy set in the proposed run --------------------------------------------------------
+
+
+_MAX_ROUNDS: Final = 100
+"""Actions that lead to more actions at the same moment stop after this many rounds."""
+
+
+class _PolicyRunner:
+    """Runs the proposal's policies (``projections.policy.PolicyEngine``) inside the proposed
+    replay: from T1 the engine is told each quota's figures whenever a record changes them and
+    every violation episode the proposed run opens; the commands its actions become are applied
+    to the proposed run at their event time, and what results is observed again."""
+
+    def __init__(self, owner: WhatIfEngine, policies: Sequence[Policy]) -> None:
+        self.owner = owner
+        self.run = owner.proposed
+        self.policies = list(policies)
+        self.engine = PolicyEngine()
+        self.started = False
+        self.start_us = owner.start_us
+        self.last: dict[tuple[str, str, str, str], tuple[Any, ...]] = {}
+        self.last_obs: dict[tuple[str, str, str, str], Observation] = {}
+        self.by_tenant: dict[str, set[tuple[str, str, str, str]]] = {}
+        self.tiers: dict[tuple[str, str, str], str] = {}
+        self._commands_seen = 0
+        self.actions: list[dict[str, Any]] = []
+
+    # -- feeding the engine ------------------------------------------------------------------
+
+    def start(self, time_us: int) -> None:
+        """The policies take effect at T1: the engine learns the episodes so far and every
+        quota's figures, then the policies (which are evaluated against them at once)."""
+        self.started = True
+        self._episodes(0, None)
+        for tenant in self._tenants():
+            self._observe(tenant, time_us, force=True)
+        acts: list[PolicyAction] = []
+        for policy in self.policies:
+            acts.extend(self.engine.set_policy(policy, time_us))
+        self._apply(acts)
+
+    def before(self, tenant: str, time_us: int) -> None:
+        """A record of ``tenant`` at ``time_us`` is next: what its quotas' rules have due by
+        then is applied first (the engine re-evaluates each quota at its change points)."""
+        acts: list[PolicyAction] = []
+        for key in sorted(self.by_tenant.get(tenant, ())):
+            obs = self.last_obs[key]
+            if time_us > obs.time_us:
+                acts.extend(self.engine.observe(_at(obs, time_us)))
+        self._apply(acts)
+
+    def after(self, tenant: str, time_us: int, mark: int) -> None:
+        """The record was applied: new episodes and changed figures go to the engine."""
+        acts = self._episodes(mark, tenant)
+        acts.extend(self._observe(tenant, time_us))
+        self._apply(acts)
+
+    def finish(self, end_us: int) -> None:
+        acts = [a for a in self.engine.advance(end_us) if a.time_us < end_us]
+        self._apply(acts)
+
+    def _tenants(self) -> list[str]:
+        only = self.owner.tenant
+        return sorted(
+            t for t, _raw in self.run.store.records(0) if t != SYSTEM and only in (None, t)
+        )
+
+    def _episodes(self, mark: int, tenant: str | None) -> list[PolicyAction]:
+        acts: list[PolicyAction] = []
+        for o in self.run.outputs[mark:]:
+            if o.event.get("type") != "quota.violation" or o.tenant_id == SYSTEM:
+                continue
+            if tenant is not None and o.tenant_id != tenant:
+                continue
+            d = o.event["data"]
+            key = (o.tenant_id, d["level"], d["entity_id"], d["resource_type"])
+            opened = parse_time(d["detected_at"])
+            acts.extend(self.engine.violation(Episode(key, d["violation_id"], d["kind"], opened)))
+        return acts
+
+    def _tier_of(self) -> dict[tuple[str, str, str], str]:
+        cmds = self.run.commands
+        for _cite, typ, _actor, body in cmds[self._commands_seen :]:
+            if typ == "template.applied":
+                key = (str(body["tenant_id"]), str(body["level"]), str(body["entity_id"]))
+                self.tiers[key] = str(body["template"])
+        self._commands_seen = len(cmds)
+        return self.tiers
+
+    def _observe(self, tenant: str, time_us: int, *, force: bool = False) -> list[PolicyAction]:
+        """Tell the engine the figures of ``tenant``'s quotas that changed (all: ``force``)."""
+        if self.owner.tenant is not None and tenant != self.owner.tenant:
+            return []
+        state = self.run.state_of(tenant)
+        if not isinstance(state, q.TenantState):
+            return []
+        tiers = self._tier_of()
+        acts: list[PolicyAction] = []
+        for ekey in sorted(state.quotas):
+            level, entity_id = split_entity_key(ekey)
+            for res in sorted(state.quotas[ekey]):
+                quota = q.quota_of(state, level, entity_id, res)
+                if quota is None:
+                    continue
+                key = (tenant, level, entity_id, res)
+                used = state.used(ekey, res, quota.window, max(time_us, state.watermark_us))
+                parent = None
+                if level in ("project", "user"):
+                    up = q.quota_of(state, "tenant", tenant, res)
+                    parent = from_micros(up.limit) if up is not None else None
+                fields = _quota_fields(quota)
+                tier = tiers.get((tenant, level, entity_id))
+                sig = (used, quota.limit, parent, tier, quota.status, tuple(fields.items()))
+                if not force and self.last.get(key) == sig:
+                    continue
+                self.last[key] = sig
+                obs = Observation(
+                    key=key,
+                    time_us=time_us,
+                    usage=from_micros(used),
+                    limit=from_micros(quota.limit),
+                    parent_limit=parent,
+                    tier=tier,
+                    status=quota.status,
+                    quota=fields,
+                )
+                self.last_obs[key] = obs
+                self.by_tenant.setdefault(tenant, set()).add(key)
+                acts.extend(self.engine.observe(obs))
+        return acts
+
+    # -- acting --------------------------------------------------------------------------------
+
+    def _apply(self, acts: list[PolicyAction]) -> None:
+        rounds = 0
+        while acts and rounds < _MAX_ROUNDS:
+            rounds += 1
+            more: list[PolicyAction] = []
+            for act in sorted(acts, key=lambda a: (a.time_us, a.action_id)):
+                more.extend(self._act(act))
+            acts = more
+
+    def _act(self, act: PolicyAction) -> list[PolicyAction]:
+        """Apply one action to the proposed run; returns what the engine does next."""
+        row: dict[str, Any] = {**act.to_dict(), "actor": act.actor}
+        self.actions.append(row)
+        cmd = act.command()
+        if cmd is None:
+            row.update(type="quota.alert", outcome="alert")
+            return []
+        typ, data = cmd
+        row["type"] = typ
+        try:
+            model = COMMAND_MODELS[typ].model_validate(data, context=self.owner.limits)
+        except ValidationError as exc:
+            row["outcome"] = f"refused: {_decode_error(exc, 'data').message}"
+            return []
+        value = encode(typ, model, source=POLICY_SOURCE, id=act.action_id, time_us=act.time_us)
+        self.owner._seq += 1
+        rec = LogRecord(PROPOSAL_TOPIC, 1, self.owner._seq, act.time_us // 1000, None, value)
+        got = self.run.classify(rec)
+        dead = len(self.run.dead_letters)
+        mark = len(self.run.outputs)
+        self.run.apply_input(rec, got)
+        if got.kind == "dead_letter" or len(self.run.dead_letters) > dead:
+            d = self.run.dead_letters[-1] if len(self.run.dead_letters) > dead else None
+            row["outcome"] = f"refused: {d.reason}: {d.message}" if d else got.message
+            return []
+        row["outcome"] = "applied"
+        tenant = act.tenant_id
+        out = self._episodes(mark, tenant)
+        out.extend(self._observe(tenant, act.time_us))
+        return out
+
+
+def _at(obs: Observation, time_us: int) -> Observation:
+    return Observation(
+        key=obs.key,
+        time_us=time_us,
+        usage=obs.usage,
+        limit=obs.limit,
+        parent_limit=obs.parent_limit,
+        tier=obs.tier,
+        status=obs.status,
+        quota=obs.quota,
+        time_to_exhaustion_seconds=obs.time_to_exhaustion_seconds,
+    )
+
+
+def _quota_fields(quota: q.Quota) -> dict[str, Any]:
+    """A quota's fields as ``quota.set`` carries them (what a policy action keeps)."""
+    return {
+        "resource_type": quota.resource_type,
+        "limit": from_micros(quota.limit),
+        "limit_type": quota.limit_type,
+        "burst_limit": None if quota.burst_limit is None else from_micros(quota.burst_limit),
+        "burst_seconds": quota.burst_seconds,
+        "grace_seconds": quota.grace_seconds,
+        "window": quota.window,
+        "status": quota.status,
+        "enforcement_action": quota.enforcement_action,
+    }
 
 
 def what_if_topics(settings: Settings) -> list[str]:
@@ -768,6 +1042,55 @@ def _checks(result: WhatIfResult) -> tuple[dict[str, dict[str, int]], list[dict[
     return counts, rows
 
 
+def _policy_actions(result: WhatIfResult) -> dict[str, list[dict[str, Any]]]:
+    """Actual: the commands policies issued on the log during the period; proposed: what the
+    proposal's policies did in the proposed run (the log's commands of a policy the proposal
+    also names are superseded there)."""
+    s, e = iso(result.start_us), iso(result.end_us)
+    assert s is not None and e is not None
+    actual = []
+    for cite, typ, actor, body in result.actual.commands:
+        if not actor.startswith("policy/") or cite.time_us is None:
+            continue
+        if not result.start_us <= cite.time_us < result.end_us:
+            continue
+        if not _in_tenant(result, body.get("tenant_id")):
+            continue
+        cause = body.get("cause") or {}
+        actual.append(
+            {
+                "action_id": cause.get("action_id") or cite.event_id,
+                "time": iso(cite.time_us),
+                "actor": actor,
+                "type": typ,
+                "kind": cause.get("action"),
+                "tenant_id": body.get("tenant_id"),
+                "level": body.get("level"),
+                "entity_id": body.get("entity_id"),
+                "resource_type": body.get("resource_type"),
+                "limit": None if body.get("limit") is None else str(body["limit"]),
+                "template": body.get("template"),
+                "summary": cause.get("summary") or "",
+                "record": cite.to_dict(),
+            }
+        )
+    proposed = [
+        a
+        for a in result.policy_actions
+        if s <= a["time"] < e and _in_tenant(result, a["tenant_id"])
+    ]
+    return {
+        "actual": [{**_ACTION_KEYS, **a} for a in actual],
+        "proposed": [{**_ACTION_KEYS, **a} for a in proposed],
+    }
+
+
+_ACTION_KEYS: Final[dict[str, Any]] = dict.fromkeys(
+    ("kind", "limit", "previous_limit", "template", "status", "severity", "message", "outcome")
+)
+"""Every row of ``policy_actions`` has these keys (None where they do not apply)."""
+
+
 def _usd(value: Decimal | float) -> str:
     return str(
         Decimal(repr(value) if isinstance(value, float) else value).quantize(_USD, ROUND_HALF_EVEN)
@@ -915,7 +1238,7 @@ def _summary(
         "alerts_by_kind": dict(sorted(alerts_by.items())),
         "checks": checks["checks"],
         "checks_denied": checks["denied"],
-        "policy_actions": 0,
+        "policy_actions": 0,  # filled in by build_report
     }
 
 
@@ -967,11 +1290,14 @@ def build_report(result: WhatIfResult, catalogue: Catalogue) -> WhatIfReport:
         ]
         alerts[run] = _alerts(result, r)
     check_counts, denied = _checks(result)
+    policy_actions = _policy_actions(result)
     summary = {
         run: _summary(violations[run], opened[run], over[run], alerts[run], check_counts[run], e)
         for run in RUNS
     }
     costs = _costs(result, catalogue)
+    for run in RUNS:
+        summary[run]["policy_actions"] = len(policy_actions[run])
     for run in RUNS:
         summary[run]["cost_usd"] = costs["total_usd"][run]
     denied_rate = _denied_rate(denied, catalogue)
@@ -1017,7 +1343,7 @@ def build_report(result: WhatIfResult, catalogue: Catalogue) -> WhatIfReport:
         ),
         "violations": violations,
         "denied_checks": denied,
-        "policy_actions": [],
+        "policy_actions": policy_actions,
         "cost": costs,
         "applied": result.applied,
         "superseded": result.superseded,
@@ -1201,18 +1527,24 @@ class WhatIfReport(Report):
                 "tenant_id": sup["tenant_id"],
                 "kind": sup["type"],
                 "start": sup["time"],
-                "detail": f"by changes[{sup['by_change']}]; actor {sup['actor']}",
+                "detail": f"by {sup['by']}; actor {sup['actor']}",
                 **_cols(sup["cause"]),
             }
-        for p in doc["policy_actions"]:
-            yield {
-                "record": "policy_action",
-                "run": "proposed",
-                "tenant_id": p.get("tenant_id"),
-                "kind": p.get("type"),
-                "start": p.get("time"),
-                "detail": p.get("summary"),
-            }
+        for run in RUNS:
+            for p in doc["policy_actions"][run]:
+                yield {
+                    "record": "policy_action",
+                    "run": run,
+                    "tenant_id": p["tenant_id"],
+                    "level": p["level"],
+                    "entity_id": p["entity_id"],
+                    "resource_type": p["resource_type"],
+                    "kind": p["type"],
+                    "start": p["time"],
+                    "detail": f"{p['actor']}: {p['summary']}"
+                    + (f" ({p['outcome']})" if p.get("outcome") else ""),
+                    "event_id": p["action_id"],
+                }
 
     def charts(self) -> dict[str, str]:
         doc = self.doc

@@ -180,3 +180,60 @@ def test_what_if_raise_and_lower_against_the_log(
     assert p_cpu["resolved_at"] is None
     [applied_cpu, _mem] = doc["applied"]
     assert applied_cpu["time"] == iso(later)
+
+
+def test_what_if_with_the_builtin_autogrow_policy(
+    stack_factory: Callable[..., Stack], tmp_path: Path
+) -> None:
+    """The autogrow policy (examples/policies/autogrow.yaml: at or above 90 % for an hour, grow
+    by half) run inside the proposed replay of two hours of a real worker's log."""
+    stack = stack_factory(2)
+    stack.start_worker()
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
+    commands = [quota("acme", "cpu", 8, base, 0)]
+    stack.produce("quota-commands", commands)
+    wait_processed(stack, max_times(commands), {"acme": 1})
+    # 8 of 8 cores from 60 s; 2 more at 4000 s: over the limit from then on
+    events = [
+        vm_created("acme", "a1", cpu=8, memory=1024, t=at(base, 60)),
+        vm_created("acme", "a2", cpu=2, memory=1024, t=at(base, 4000)),
+    ]
+    stack.produce("resource-events", events)
+    wait_processed(stack, max_times(commands + events), {"acme": 1})
+    refused = post_check(stack, {"tenant_id": "acme", "resources": {"cpu": 2}, "reserve": True})
+    assert not refused["allowed"]
+    time.sleep(1.1)
+    as_of = iso(int(time.time() * 1000) * 1000)
+    start = iso(datetime_to_us(base) - 60_000_000)
+    assert as_of is not None and start is not None
+
+    examples = Path(__file__).resolve().parents[2] / "examples" / "policies"
+    (tmp_path / "autogrow.yaml").write_bytes((examples / "autogrow.yaml").read_bytes())
+    what_if_file = tmp_path / "grow.yaml"
+    what_if_file.write_text("description: the built-in autogrow policy\npolicies: autogrow.yaml\n")
+    out = tmp_path / "grow-report.json"
+    argv = ["--what-if", str(what_if_file), "--from", start, "--until", as_of, "--as-of", as_of]
+    run_cli(stack, [*argv, "--out", str(out)])
+    doc = orjson.loads(out.read_bytes())
+
+    [grow] = doc["policy_actions"]["proposed"]
+    assert (grow["kind"], grow["actor"], grow["outcome"]) == (
+        "adjust_limit",
+        "policy/autogrow@1",
+        "applied",
+    )
+    assert grow["time"] == iso(datetime_to_us(base) + (60 + 3600) * 1_000_000)  # an hour at 100 %
+    assert (grow["previous_limit"], grow["limit"]) == ("8", "12")
+    assert doc["policy_actions"]["actual"] == []
+    sa, sp = doc["summary"]["actual"], doc["summary"]["proposed"]
+    # actual: 10 of 8 cores from 4000 s; proposed: the limit was 12 by then
+    assert sa["episodes_opened"] == 1 and sp["episodes_opened"] == 0
+    # the refused check (10 + 2 of 8) fits the grown limit (10 + 2 of 12)
+    [c] = doc["denied_checks"]
+    assert not c["actual"]["allowed"] and c["proposed"]["allowed"] and c["changed"]
+    # byte-identical again
+    html = [tmp_path / "g1.html", tmp_path / "g2.html"]
+    for f in html:
+        run_cli(stack, [*argv, "--format", "html", "--out", str(f)])
+    assert html[0].read_bytes() == html[1].read_bytes()
+    assert b"policy/autogrow@1" in html[0].read_bytes()

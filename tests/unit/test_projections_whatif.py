@@ -296,7 +296,7 @@ def test_a_later_change_of_a_proposed_quota_is_superseded() -> None:
     log.event(quota_set("acme", "cpu", 10, 50, "q2"))  # the operator raised it at t=50
     d = doc(run(log, proposal(4)))
     [sup] = d["superseded"]
-    assert (sup["type"], sup["time"], sup["by_change"]) == ("quota.set", t_iso(50), 0)
+    assert (sup["type"], sup["time"], sup["by"]) == ("quota.set", t_iso(50), "changes[0]")
     assert sup["cause"]["id"] == "q2"
     # actual: the raise at 50 resolved the episode; proposed: the limit stayed 4 until 80
     [va] = d["violations"]["actual"]
@@ -340,3 +340,90 @@ def test_the_report_is_byte_identical_in_every_format() -> None:
     assert html.count("<svg") >= 3
     csv_text = build_report(run(workload(), prop), CATALOGUE).render("csv").decode()
     assert "violation,proposed,acme,tenant,acme,cpu,over_limit" in csv_text
+
+
+# --- policies in the proposed run --------------------------------------------------------------
+
+GROW = b"""
+description: grow cpu that stays at 90 % or more for 30 s
+policies:
+  - name: grow
+    rules:
+      - name: double
+        when: {utilization: {above: 90, for: 30s}}
+        then:
+          - adjust_limit: {factor: 2, ceiling: 16}
+          - alert: {severity: warning, message: cpu doubled}
+        cooldown: 1h
+"""
+
+
+def test_a_policy_acts_in_the_proposed_run_at_its_event_time() -> None:
+    d = doc(run(workload(), parse_proposal(GROW, "grow.yaml")))
+    acts = d["policy_actions"]["proposed"]
+    assert [(a["kind"], a["time"], a["outcome"]) for a in acts] == [
+        ("adjust_limit", t_iso(50), "applied"),
+        ("alert", t_iso(50), "alert"),
+    ]
+    grow = acts[0]
+    assert (grow["limit"], grow["previous_limit"], grow["actor"]) == ("8", "4", "policy/grow@1")
+    assert grow["figures"]["since"] == t_iso(20)  # over 90 % since the second VM
+    assert d["policy_actions"]["actual"] == []
+    assert d["summary"]["proposed"]["policy_actions"] == 2
+    # the raise at 50 s ends the episode that actually lasted until the delete at 80 s
+    [va] = d["violations"]["actual"]
+    [vp] = d["violations"]["proposed"]
+    assert va["violation_id"] == vp["violation_id"]
+    assert (va["resolved_at"], vp["resolved_at"]) == (t_iso(80), t_iso(50))
+    # the check at 30 s came before the raise: denied in both runs
+    [c] = d["denied_checks"]
+    assert c["time"] == t_iso(30) and not c["proposed"]["allowed"] and not c["changed"]
+    # the same log and file give the same actions (deterministic ids)
+    again = doc(run(workload(), parse_proposal(GROW, "grow.yaml")))
+    assert again["policy_actions"] == d["policy_actions"]
+    html = build_report(run(workload(), parse_proposal(GROW, "g.yaml")), CATALOGUE).to_html()
+    assert b"policy/grow@1" in html and b"adjust_limit to 8" in html
+
+
+def test_the_logs_commands_of_a_policy_the_file_names_are_superseded() -> None:
+    log = workload()
+    cause = {"policy": "grow", "version": 1, "rule": "old", "summary": "grew at 40 s"}
+    log.event(quota_set("acme", "cpu", 12, 40, "p1", actor="policy/grow@1", cause=cause))
+    d = doc(run(log, parse_proposal(GROW, "grow.yaml")))
+    [old] = d["policy_actions"]["actual"]
+    assert (old["actor"], old["time"], old["limit"], old["summary"]) == (
+        "policy/grow@1",
+        t_iso(40),
+        "12",
+        "grew at 40 s",
+    )
+    [sup] = d["superseded"]
+    assert (sup["by"], sup["cause"]["id"]) == ("policies[grow]", "p1")
+    assert [a["time"] for a in d["policy_actions"]["proposed"]] == [t_iso(50), t_iso(50)]
+
+
+def test_a_bad_policy_names_its_field() -> None:
+    text = b"""
+policies:
+  - name: p
+    rules:
+      - name: r
+        when: {utilisation: {above: 90}}
+        then: [{alert: {severity: warning}}]
+"""
+    with pytest.raises(ProposalError) as err:
+        parse_proposal(text, "p.yaml")
+    assert str(err.value).startswith("p.yaml: policies[0].rules[0].when")
+
+
+def test_policies_may_name_a_policy_file_next_to_the_what_if_file(tmp_path: Path) -> None:
+    examples = Path(__file__).resolve().parents[2] / "examples" / "policies"
+    prop = parse_proposal(b"policies: autogrow.yaml", "w.yaml", base=examples)
+    assert [p.ref for p in prop.policies] == ["autogrow@1"]
+    # the digest covers the policy file too
+    other = tmp_path / "autogrow.yaml"
+    other.write_bytes((examples / "autogrow.yaml").read_bytes().replace(b"1.5", b"2"))
+    changed = parse_proposal(b"policies: autogrow.yaml", "w.yaml", base=tmp_path)
+    assert changed.sha256 != prop.sha256
+    with pytest.raises(ProposalError, match=r"w\.yaml: policies: cannot read nope\.yaml"):
+        parse_proposal(b"policies: nope.yaml", "w.yaml", base=tmp_path)
