@@ -11,7 +11,7 @@ two replays (``projections.replay.ReplayEngine``, the enforcement step the worke
   when no such record comes. From then on the proposal holds: a command of the log that changes
   a quota the proposal sets (or applies a template to an entity the proposal applies one to) is
   *superseded* and not applied in the proposed run; a template the log applies to an entity
-  with proposed quotas is applied and the proposed quotas are set again right after it.
+  with proposed quotas is applied without those quotas.
 
 Both runs also apply the records of the internal admission topic (check-and-reserve, release
 and TTL records of the check API, decided by the tenant's agent in order with its events), so
@@ -103,6 +103,9 @@ PROPOSAL_SOURCE: Final = "novaquota/what-if"
 PROPOSAL_TOPIC: Final = "what-if-proposal"
 """The pseudo-topic that citations of proposed commands name (they are not on the log)."""
 DEFAULT_ACTOR: Final = "what-if"
+TEMPLATE_COPY: Final = "~what-if-"
+"""A template the proposed run applies without the quotas the proposal sets is a copy named
+``<template>~what-if-<n>`` (the report names the template itself)."""
 RUNS: Final = ("actual", "proposed")
 _HOURS_PER_MONTH: Final = Decimal(730)
 _US_PER_HOUR: Final = Decimal(3_600_000_000)
@@ -598,48 +601,98 @@ class WhatIfEngine:
         """A command of the log, in the proposed run: superseded where the proposal holds."""
         decoded: Any = got.decoded
         data = decoded.data
-        if decoded.time_us >= self.start_us:
-            by: str | None = None
-            change: Change | None = None
-            if isinstance(data, QuotaSet | QuotaDeleted):
-                change = self.pinned_quotas.get(data.quota_key)
-            elif isinstance(data, TemplateApplied):
-                change = self.pinned_templates.get(data.entity_key)
-            if change is not None:
-                by = change.where
-            actor = str(getattr(data, "actor", "") or "")
-            if actor.startswith("policy/") and actor[7:].rsplit("@", 1)[0] in self._policy_names:
-                # the proposal's version of this policy decides in the proposed run
-                by = f"policies[{actor[7:].rsplit('@', 1)[0]}]"
-            if by is not None:
-                if self.tenant is None or got.tenant == self.tenant:
-                    self.superseded.append(
-                        {
-                            "type": decoded.type,
-                            "tenant_id": got.tenant,
-                            "time": iso(decoded.time_us),
-                            "actor": actor,
-                            "by": by,
-                            "cause": Citation(
-                                rec.position, decoded.id, decoded.source, decoded.time_us
-                            ).to_dict(),
-                        }
-                    )
-                    self.proposed.counts["superseded"] = (
-                        self.proposed.counts.get("superseded", 0) + 1
-                    )
+        if decoded.time_us < self.start_us:
+            self.proposed.apply_input(rec, got)
+            return
+        by: str | None = None
+        change: Change | None = None
+        if isinstance(data, QuotaSet | QuotaDeleted):
+            change = self.pinned_quotas.get(data.quota_key)
+        elif isinstance(data, TemplateApplied):
+            change = self.pinned_templates.get(data.entity_key)
+        if change is not None:
+            by = change.where
+        actor = str(getattr(data, "actor", "") or "")
+        policy = actor[7:].rsplit("@", 1)[0] if actor.startswith("policy/") else None
+        if policy is not None and policy in self._policy_names:
+            by = f"policies[{policy}]"  # the proposal's version of this policy decides
+        if by is None and isinstance(data, TemplateApplied):
+            narrowed = self._narrowed_template(rec, got)
+            if narrowed is None:
                 return
+            rec, got, by, resources = narrowed
+            self._supersede(rec, decoded, got.tenant, actor, by, resources)
+            if len(resources) < self._template_size(data.template):
+                self.proposed.apply_input(rec, got)
+            return
+        if by is not None:
+            self._supersede(rec, decoded, got.tenant, actor, by, None)
+            return
         self.proposed.apply_input(rec, got)
-        if isinstance(data, TemplateApplied) and decoded.time_us >= self.start_us:
-            # the log applied a template to an entity with proposed quotas: they hold
-            again = sorted(
-                {
-                    c.index: c for k, c in self.pinned_quotas.items() if k[:3] == data.entity_key
-                }.values(),
-                key=lambda c: c.index,
-            )
-            for change in again:
-                self._apply_change(change, decoded.time_us, "re-applied after a template")
+
+    def _supersede(
+        self,
+        rec: LogRecord,
+        decoded: Any,
+        tenant: str | None,
+        actor: str,
+        by: str,
+        resources: list[str] | None,
+    ) -> None:
+        if self.tenant is not None and tenant != self.tenant:
+            return
+        self.superseded.append(
+            {
+                "type": decoded.type,
+                "tenant_id": tenant,
+                "time": iso(decoded.time_us),
+                "actor": actor,
+                "by": by,
+                "resources": resources,
+                "cause": Citation(
+                    rec.position, decoded.id, decoded.source, decoded.time_us
+                ).to_dict(),
+            }
+        )
+        self.proposed.counts["superseded"] = self.proposed.counts.get("superseded", 0) + 1
+
+    def _template_size(self, name: str) -> int:
+        spec = BUILTIN_TEMPLATES.get(name) or self.proposed.templates.get(name)
+        return len(spec.quotas) if spec is not None else 0
+
+    def _narrowed_template(
+        self, rec: LogRecord, got: Any
+    ) -> tuple[LogRecord, Any, str, list[str]] | None:
+        """The log applies a template to an entity some of whose quotas the proposal sets: the
+        proposed run applies the template without those quotas (a copy of it, named
+        ``<template>~what-if-<n>``, with the same fee). None: apply it as it is."""
+        decoded: Any = got.decoded
+        data: TemplateApplied = decoded.data
+        pinned = {k[3]: c for k, c in self.pinned_quotas.items() if k[:3] == data.entity_key}
+        spec = BUILTIN_TEMPLATES.get(data.template) or self.proposed.templates.get(data.template)
+        if not pinned or spec is None:
+            self.proposed.apply_input(rec, got)
+            return None
+        keep = tuple(qs for qs in spec.quotas if qs.resource_type not in pinned)
+        dropped = sorted(qs.resource_type for qs in spec.quotas if qs.resource_type in pinned)
+        if not dropped:
+            self.proposed.apply_input(rec, got)
+            return None
+        by = sorted({pinned[r].where for r in dropped})[0]
+        if not keep:
+            return rec, got, by, dropped  # nothing of the template is left to apply
+        self._seq += 1
+        name = f"{spec.name}{TEMPLATE_COPY}{self._seq}"
+        self.proposed.templates[name] = spec.model_copy(update={"name": name, "quotas": keep})
+        value = encode(
+            decoded.type,
+            data.model_copy(update={"template": name}),
+            source=decoded.source,
+            id=decoded.id,
+            time_us=decoded.time_us,
+        )
+        copy = LogRecord(rec.topic, rec.partition, rec.offset, rec.timestamp_ms, rec.key, value)
+        return copy, self.proposed.classify(copy), by, dropped
 
     def finish(self, ranges: Sequence[Any] = ()) -> WhatIfResult:
         for tenant in sorted(self.pending):
@@ -755,7 +808,7 @@ class _PolicyRunner:
         for _cite, typ, _actor, body in cmds[self._commands_seen :]:
             if typ == "template.applied":
                 key = (str(body["tenant_id"]), str(body["level"]), str(body["entity_id"]))
-                self.tiers[key] = str(body["template"])
+                self.tiers[key] = _template_name(body)
         self._commands_seen = len(cmds)
         return self.tiers
 
@@ -1107,7 +1160,7 @@ def _template_fees(result: WhatIfResult, run: ReplayResult) -> dict[str, list[di
             continue
         if typ == "template.applied":
             key = (str(body["tenant_id"]), str(body["level"]), str(body["entity_id"]))
-            changes.setdefault(key, []).append((cite.time_us, str(body["template"])))
+            changes.setdefault(key, []).append((cite.time_us, _template_name(body)))
         elif typ == "tenant.deleted":
             tid = str(body["tenant_id"])
             for key in [k for k in changes if k[0] == tid]:
@@ -1527,7 +1580,8 @@ class WhatIfReport(Report):
                 "tenant_id": sup["tenant_id"],
                 "kind": sup["type"],
                 "start": sup["time"],
-                "detail": f"by {sup['by']}; actor {sup['actor']}",
+                "detail": f"by {sup['by']}; actor {sup['actor']}"
+                + (f"; only {' '.join(sup['resources'])}" if sup["resources"] else ""),
                 **_cols(sup["cause"]),
             }
         for run in RUNS:
@@ -1686,3 +1740,8 @@ def main(argv: Sequence[str], settings: Settings) -> int:
         return 0
 
     return run_cli(list(argv), build_parser(), body)
+
+
+def _template_name(body: dict[str, Any]) -> str:
+    """The template a ``template.applied`` names (a narrowed copy by its original's name)."""
+    return str(body["template"]).split(TEMPLATE_COPY, 1)[0]

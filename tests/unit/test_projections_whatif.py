@@ -427,3 +427,32 @@ def test_policies_may_name_a_policy_file_next_to_the_what_if_file(tmp_path: Path
     assert changed.sha256 != prop.sha256
     with pytest.raises(ProposalError, match=r"w\.yaml: policies: cannot read nope\.yaml"):
         parse_proposal(b"policies: nope.yaml", "w.yaml", base=tmp_path)
+
+
+def test_a_template_applied_on_the_log_does_not_undo_a_proposed_quota() -> None:
+    log = workload()
+    log.event(
+        command(
+            "template.applied",
+            {"level": "tenant", "entity_id": "acme", "tenant_id": "acme", "template": "developer"},
+            t=50,
+            id_="t1",
+        )
+    )
+    result = run(log, proposal(2))
+    d = doc(result)
+    [sup] = d["superseded"]
+    assert (sup["type"], sup["by"], sup["resources"]) == ("template.applied", "changes[0]", ["cpu"])
+    # actual: developer's cpu limit (8, burst 12) ended the episode at 50; proposed: cpu stays
+    # 2 throughout (one episode), the template's other quotas are applied
+    [va] = d["violations"]["actual"]
+    [vp] = d["violations"]["proposed"]
+    assert va["resolved_at"] == t_iso(50) and vp["resolved_at"] is None
+    state = result.proposed.state("acme")
+    assert state is not None
+    assert sorted(state.quotas["Tacme"]) == ["cpu", "instances", "memory", "storage"]
+    assert state.quotas["Tacme"]["cpu"][1] == 2_000_000
+    # the template's other quotas took effect in both runs, and its fee in both
+    [acme] = d["cost"]["tenants"]
+    assert [t["template"] for t in acme["proposed"]["templates"]] == ["developer"]
+    assert acme["proposed"]["template_fees_usd"] == acme["actual"]["template_fees_usd"]
