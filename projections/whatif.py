@@ -833,8 +833,10 @@ class _PolicyRunner:
                 if level in ("project", "user"):
                     up = q.quota_of(state, "tenant", tenant, res)
                     parent = from_micros(up.limit) if up is not None else None
-                fields = _quota_fields(quota)
                 tier = tiers.get((tenant, level, entity_id))
+                if not any(p.enabled and p.scope.matches(*key, tier) for p in self.policies):
+                    continue  # no rule can act on it: the engine need not know it
+                fields = _quota_fields(quota)
                 sig = (used, quota.limit, parent, tier, quota.status, tuple(fields.items()))
                 if not force and self.last.get(key) == sig:
                     continue
