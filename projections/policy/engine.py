@@ -73,6 +73,7 @@ __all__ = [
     "PolicyEngine",
     "action_id",
     "actor_of",
+    "quota_fields",
 ]
 
 Key = tuple[str, str, str, str]
@@ -115,6 +116,15 @@ def action_id(
 def actor_of(policy: Policy) -> str:
     """``policy/<name>@<version>``: the actor of every command a policy issues."""
     return f"policy/{policy.ref}"
+
+
+def quota_fields(quota: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``QUOTA_FIELDS`` of a quota, amounts as exact decimals (also after a JSON trip)."""
+    out = {k: v for k, v in quota.items() if k in QUOTA_FIELDS}
+    for k in ("limit", "burst_limit"):
+        if out.get(k) is not None:
+            out[k] = Decimal(str(out[k]))
+    return out
 
 
 def _iso(time_us: int) -> str:
@@ -213,13 +223,13 @@ class PolicyAction:
             return "template.applied", {**scope, "template": self.template, **base}
         if self.kind not in ("adjust_limit", "suspend", "resume"):
             return None
-        quota = {k: v for k, v in (self.quota or {}).items() if k in QUOTA_FIELDS}
+        quota = quota_fields(self.quota or {})
         quota["resource_type"] = resource
         if self.kind == "adjust_limit":
             assert self.limit is not None
             quota["limit"] = self.limit
             burst = quota.get("burst_limit")
-            if burst is not None and Decimal(str(burst)) < self.limit:
+            if burst is not None and burst < self.limit:
                 quota["burst_limit"] = self.limit
         else:
             quota["status"] = self.status
@@ -318,7 +328,7 @@ class _KeyState:
             None if raw[3] is None else Decimal(raw[3]),
             raw[4],
             raw[5],
-            raw[6],
+            None if raw[6] is None else quota_fields(raw[6]),
             raw[7],
             raw[8],
             [(int(e[0]), str(e[1]), str(e[2])) for e in raw[9]],
@@ -389,8 +399,13 @@ class PolicyEngine:
     # -- the policy set ----------------------------------------------------------------------
 
     def set_policy(self, policy: Policy, time_us: int = 0) -> list[PolicyAction]:
-        """Add a policy or replace its version (a new version starts its rules afresh); the
-        quotas already known are evaluated against it at once."""
+        """Add a policy or replace its version (a new version starts its rules afresh).
+
+        The quotas already known are evaluated against it at once, each at its own event time
+        (what the log had said of it when the policy arrived): a policy acts from where it
+        stands in the log, so loading one now does not jump quotas whose events are older to
+        the wall clock. ``time_us`` (the command's time) is recorded in ``versions``.
+        """
         old = self.policies.get(policy.name)
         if old is not None and old == policy:
             return []
@@ -399,11 +414,7 @@ class PolicyEngine:
         self.versions.setdefault(policy.name, []).append((policy.version, time_us))
         out: list[PolicyAction] = []
         for key in sorted(self.keys):
-            ks = self.keys[key]
-            at = max(ks.clock, time_us)
-            out.extend(self._run(key, at))
-            ks.clock = at
-            out.extend(self._evaluate(key, at))
+            out.extend(self._evaluate(key, self.keys[key].clock))
         return out
 
     def delete_policy(self, name: str, time_us: int = 0) -> bool:
@@ -433,7 +444,7 @@ class PolicyEngine:
         ks.parent_limit = obs.parent_limit
         ks.tier = obs.tier
         ks.status = obs.status
-        ks.quota = dict(obs.quota) if obs.quota is not None else None
+        ks.quota = quota_fields(obs.quota) if obs.quota is not None else None
         ks.tte_seconds = obs.time_to_exhaustion_seconds
         ks.exhaustion_us = (
             None
@@ -446,15 +457,19 @@ class PolicyEngine:
         return out
 
     def violation(self, ep: Episode) -> list[PolicyAction]:
-        """A violation episode opened; returns the actions due up to its time."""
+        """A violation episode opened; returns the actions due up to its time. An episode read
+        after the quota's event time passed its opening counts from that event time."""
         ks = self.keys.get(ep.key)
         if ks is None:
             ks = self.keys[ep.key] = _KeyState(clock=ep.opened_us)
         out = self._run(ep.key, ep.opened_us)
-        if all(e[2] != ep.violation_id for e in ks.episodes):
-            ks.episodes.append((ep.opened_us, ep.kind, ep.violation_id))
-            ks.episodes.sort()
         t = max(ks.clock, ep.opened_us)
+        if all(e[2] != ep.violation_id for e in ks.episodes):
+            # An episode counts from when it is known: its opening time, or the quota's event
+            # time if it arrives later than that (violations are derived from the same events
+            # and may be read after them); the window is measured in those times.
+            ks.episodes.append((t, ep.kind, ep.violation_id))
+            ks.episodes.sort()
         ks.episodes = [e for e in ks.episodes if e[0] > t - EPISODE_RETENTION_US]
         ks.clock = t
         self.watermark = max(self.watermark, t)
@@ -748,7 +763,8 @@ class PolicyEngine:
         new = max(new, Decimal(0))
         if (spec.grows and new <= cur) or (not spec.grows and new >= cur):
             return None
-        return new
+        # the fewest digits that say it: 3, not 3.000
+        return new.quantize(Decimal(1)) if new == new.to_integral_value() else new.normalize()
 
     # -- views and persistence ---------------------------------------------------------------
 
@@ -875,5 +891,5 @@ def _action_from(raw: Mapping[str, Any]) -> PolicyAction:
         status=raw["status"],
         severity=raw["severity"],
         message=raw["message"],
-        quota=raw["quota"],
+        quota=None if raw["quota"] is None else quota_fields(raw["quota"]),
     )

@@ -19,7 +19,14 @@ from typing import Any
 from ops.processes import HarnessAuth
 from streams.tokens import create_token
 
-__all__ = ["Credentials", "ProjectionProcess", "WorkerProcess", "free_port", "provision"]
+__all__ = [
+    "Credentials",
+    "PolicyProcess",
+    "ProjectionProcess",
+    "WorkerProcess",
+    "free_port",
+    "provision",
+]
 
 
 @dataclass(frozen=True)
@@ -218,6 +225,78 @@ class ProjectionProcess:
                 return int(resp.status) == 200
         except (urllib.error.URLError, OSError):
             return False
+
+    def stop(self, timeout: float = 60.0) -> None:
+        if not self.proc or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(30)
+
+
+class PolicyProcess:
+    """One ``novaquota policy run`` (or ``rebuild --keep-running``) process of a test
+    deployment, with its credentials; its state directory outlives the process, so a second
+    one started on it is a restart."""
+
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        topic_prefix: str,
+        data_dir: Path,
+        credentials: Credentials,
+        partitions: int = 4,
+    ) -> None:
+        self.port = free_port()
+        self.credentials = credentials
+        self.state_dir = data_dir / "policy"
+        self.log_path = data_dir / "policy.log"
+        self.env = {
+            **os.environ,
+            **credentials.env(),
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "NOVAQUOTA_TOPIC_PREFIX": topic_prefix,
+            "NOVAQUOTA_APP_ID": f"{topic_prefix}enforcement",
+            "NOVAQUOTA_PARTITIONS": str(partitions),
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, *, rebuild: bool = False) -> PolicyProcess:
+        action = ["rebuild", "--keep-running"] if rebuild else ["run"]
+        argv = [sys.executable, "-m", "ops.cli", "policy", *action, "--port", str(self.port)]
+        argv += ["--data-dir", str(self.state_dir)]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        return self
+
+    def get(self, path: str) -> tuple[int, Any]:
+        """GET as the deployment's admin; (0, None) while nothing answers."""
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}",
+            headers={"authorization": f"Bearer {self.credentials.admin_token}"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                return resp.status, json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as err:
+            return err.code, None
+        except (urllib.error.URLError, OSError):
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"policy worker exited:\n{self.tail()}") from None
+            return 0, None
+
+    def tail(self, n: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
 
     def stop(self, timeout: float = 60.0) -> None:
         if not self.proc or self.proc.poll() is not None:
