@@ -759,6 +759,7 @@ class _PolicyRunner:
         self._episodes(0, None)
         for tenant in self._tenants():
             self._observe(tenant, time_us, force=True)
+        self.engine.advance(time_us)  # no policy yet: every quota's clock moves to T1, no action
         acts: list[PolicyAction] = []
         for policy in self.policies:
             acts.extend(self.engine.set_policy(policy, time_us))

@@ -456,3 +456,19 @@ def test_a_template_applied_on_the_log_does_not_undo_a_proposed_quota() -> None:
     [acme] = d["cost"]["tenants"]
     assert [t["template"] for t in acme["proposed"]["templates"]] == ["developer"]
     assert acme["proposed"]["template_fees_usd"] == acme["actual"]["template_fees_usd"]
+
+
+def test_episodes_before_the_period_count_for_a_violations_rule_from_its_start() -> None:
+    text = b"""
+policies:
+  - name: watch
+    rules:
+      - name: repeat
+        when: {violations: {at_least: 1, within: 1h}}
+        then: [{alert: {severity: critical, message: over again}}]
+"""
+    d = doc(run(workload(), parse_proposal(text, "w.yaml"), start=25))
+    # the episode opened at 20 s, before the period: the rule holds when the policy starts
+    [alert] = d["policy_actions"]["proposed"]
+    assert (alert["kind"], alert["time"], alert["severity"]) == ("alert", t_iso(25), "critical")
+    assert alert["figures"]["violations"] == 1 and alert["outcome"] == "alert"
