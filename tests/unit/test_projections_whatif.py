@@ -472,3 +472,11 @@ policies:
     [alert] = d["policy_actions"]["proposed"]
     assert (alert["kind"], alert["time"], alert["severity"]) == ("alert", t_iso(25), "critical")
     assert alert["figures"]["violations"] == 1 and alert["outcome"] == "alert"
+
+
+@pytest.mark.parametrize("name", ["what-if.yaml", "what-if-autogrow.yaml"])
+def test_the_example_files_are_valid(name: str) -> None:
+    from projections.whatif import load_proposal
+
+    prop = load_proposal(Path(__file__).resolve().parents[2] / "examples" / name)
+    assert prop.description and (prop.changes or prop.policies)
