@@ -1689,11 +1689,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = CliParser(
         prog="novaquota replay",
         description="What-if replay: replay a period as it happened and with proposed quota "
-        "changes, and compare violations, alerts, denied admission checks and cost.",
+        "changes and/or a policy set, and compare violations, alerts, denied admission checks, "
+        "policy actions and cost (docs/replay.md, What-if).",
     )
-    p.add_argument("--what-if", required=True, type=Path, metavar="FILE", help="YAML or JSON")
-    p.add_argument("--from", dest="start", required=True, type=_time_arg, metavar="T1")
-    p.add_argument("--until", dest="end", required=True, type=_time_arg, metavar="T2")
+    p.add_argument(
+        "--what-if",
+        required=True,
+        type=Path,
+        metavar="FILE",
+        help="the proposal: YAML or JSON with 'changes' and/or 'policies'",
+    )
+    p.add_argument(
+        "--from",
+        dest="start",
+        required=True,
+        type=_time_arg,
+        metavar="T1",
+        help="start of the period (event time, RFC 3339); the proposal holds from here",
+    )
+    p.add_argument(
+        "--until",
+        dest="end",
+        required=True,
+        type=_time_arg,
+        metavar="T2",
+        help="end of the period (event time, RFC 3339, excluded)",
+    )
     p.add_argument("--tenant", metavar="ID", help="only this tenant")
     p.add_argument(
         "--as-of",
