@@ -238,6 +238,18 @@ def _run(stack: Stack, pw: PolicyProcess, tmp: Path) -> None:
     assert (
         "rules[0].when.utilization.for (broken)" in out.stderr and "nothing published" in out.stderr
     )
+    # ... and one published by another client is dead-lettered with the field named
+    stack.produce(
+        "quota-commands",
+        [
+            command(
+                "policy.set", {"name": "broken", "rules": [{"name": "r", "when": {}, "then": []}]}
+            )
+        ],
+    )
+    (dead,) = stack.wait_for(lambda: stack.consume("dead-letter", idle=1))
+    assert dict(dead.headers)["error.reason"] == b"invalid_field"
+    assert dict(dead.headers)["error.message"].startswith(b"data.rules.0.when")
     out = _cli(stack, "load", str(_policies(tmp)), "--actor", "ops")
     assert out.returncode == 0, out.stderr
     assert "published policy.set autogrow@1" in out.stdout
