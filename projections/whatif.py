@@ -1420,6 +1420,66 @@ def _diff(proposed: Any, actual: Any) -> Any:
 # --- rendering ---------------------------------------------------------------------------------
 
 
+def timeline_chart(
+    rows: Sequence[tuple[str, Sequence[tuple[int, int, str]]]],
+    *,
+    start_us: int,
+    end_us: int,
+    title: str,
+    width: int = 760,
+) -> str:
+    """Episodes over the period, one row per quota: spans ``(start, end, run)`` drawn as bars,
+    actual (grey) above proposed (blue); inline SVG, integer coordinates, no scripts."""
+    from xml.sax.saxutils import escape
+
+    bar_h, gap, label_w, pad = 9, 8, 230, 8
+    row_h = bar_h * 2 + gap
+    plot_w = width - label_w - pad * 2
+    height = pad * 2 + 44 + row_h * max(1, len(rows)) + 16
+    span = max(1, end_us - start_us)
+    quoted = escape(title, {'"': "&quot;"})
+
+    def x(t: int) -> int:
+        return label_w + (min(max(t, start_us), end_us) - start_us) * plot_w // span
+
+    parts = [
+        f'<svg width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="{quoted}">',
+        f'<text x="{pad}" y="{pad + 14}" font-size="14" font-weight="bold">{escape(title)}</text>',
+        f'<rect x="{label_w}" y="{pad + 22}" width="10" height="10" fill="#9a9a9a"/>',
+        f'<text x="{label_w + 14}" y="{pad + 31}" font-size="11">actual</text>',
+        f'<rect x="{label_w + 70}" y="{pad + 22}" width="10" height="10" fill="#3b75af"/>',
+        f'<text x="{label_w + 84}" y="{pad + 31}" font-size="11">proposed</text>',
+    ]
+    top = pad + 44
+    bottom = top + row_h * max(1, len(rows))
+    parts.append(
+        f'<rect x="{label_w}" y="{top - 2}" width="{plot_w}" height="{bottom - top}" '
+        'fill="none" stroke="#ccc"/>'
+    )
+    for i, (label, spans) in enumerate(rows):
+        y = top + i * row_h
+        parts.append(
+            f'<text x="{label_w - 6}" y="{y + bar_h + 3}" font-size="12" text-anchor="end">'
+            f"{escape(label[:38])}</text>"
+        )
+        for lo, hi, run in spans:
+            yy = y + (0 if run == "actual" else bar_h)
+            colour = "#9a9a9a" if run == "actual" else "#3b75af"
+            x0 = x(lo)
+            w = max(1, x(hi) - x0)
+            parts.append(
+                f'<rect x="{x0}" y="{yy}" width="{w}" height="{bar_h - 1}" fill="{colour}"/>'
+            )
+    for t, anchor in ((start_us, "start"), (end_us, "end")):
+        parts.append(
+            f'<text x="{x(t)}" y="{bottom + 12}" font-size="10" text-anchor="{anchor}">'
+            f"{escape(iso(t) or '')}</text>"
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
 def paired_bar_chart(
     rows: Sequence[tuple[str, Decimal, Decimal]],
     *,
@@ -1623,6 +1683,9 @@ class WhatIfReport(Report):
                 title="Admission checks denied and alerts",
             ),
         }
+        timeline = self._timeline()
+        if timeline:
+            out["timeline"] = timeline
         hours = Decimal(3600)
         over = sorted(
             doc["time_over_limit"],
@@ -1662,6 +1725,31 @@ class WhatIfReport(Report):
                 unit=" USD",
             )
         return out
+
+    def _timeline(self) -> str | None:
+        """The episodes of the 25 quotas with the most time in violation, in both runs."""
+        doc = self.doc
+        start, end = parse_time(doc["period"]["start"]), parse_time(doc["period"]["end"])
+        per: dict[tuple[str, str, str, str], list[tuple[int, int, str]]] = {}
+        for run in RUNS:
+            for v in doc["violations"][run]:
+                key = (v["tenant_id"], v["level"], v["entity_id"], v["resource_type"])
+                lo = parse_time(v["opened_at"])
+                hi = end if v["resolved_at"] is None else parse_time(v["resolved_at"])
+                per.setdefault(key, []).append((lo, hi, run))
+        if not per:
+            return None
+
+        def busy(k: tuple[str, str, str, str]) -> tuple[int, tuple[str, str, str, str]]:
+            return (-sum(min(hi, end) - max(lo, start) for lo, hi, _r in per[k]), k)
+
+        keys = sorted(per, key=busy)[:25]
+        return timeline_chart(
+            [(" ".join(k), sorted(per[k])) for k in keys],
+            start_us=start,
+            end_us=end,
+            title="Violation episodes over the period, top 25 quotas",
+        )
 
 
 def _cols(c: dict[str, Any] | None) -> dict[str, Any]:
