@@ -480,3 +480,25 @@ def test_the_example_files_are_valid(name: str) -> None:
 
     prop = load_proposal(Path(__file__).resolve().parents[2] / "examples" / name)
     assert prop.description and (prop.changes or prop.policies)
+
+
+def test_the_builtin_idle_shrink_policy_over_a_simulated_fortnight() -> None:
+    """idle-shrink (at or below 10 % for 7 days: halve, never below usage + 20 %, at least +1)
+    over 15 days of event time in which acme holds 2 of 100 cores; the log's only other records
+    are a heartbeat VM resize every 6 hours (event time moves, usage does not)."""
+    day = 86_400
+    log = Log()
+    log.event(quota_set("acme", "cpu", 100, 0, "q1"))
+    log.event(vm_created("acme", "a1", cpu=2, memory=512, t=60, id_="e0"))
+    for i in range(1, 15 * 4):
+        log.event(vm_created("acme", "a1", cpu=2, memory=512, t=i * 6 * 3600, id_=f"hb{i}"))
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    prop = parse_proposal(b"policies: policies/idle-shrink.yaml", "w.yaml", base=examples)
+    d = doc(run(log, prop, start=0, end=15 * day))
+    acts = [(a["time"], a["previous_limit"], a["limit"]) for a in d["policy_actions"]["proposed"]]
+    # idle from the start: halved 7 days later; the rule re-arms only once utilization has been
+    # above 10 % again (it never is), so there is no second halving in the fortnight
+    assert acts == [(t_iso(7 * day), "100", "50")]
+    [act] = d["policy_actions"]["proposed"]
+    assert act["outcome"] == "applied" and act["figures"]["since"] == t_iso(0)
+    assert d["summary"]["proposed"]["episodes_opened"] == 0
