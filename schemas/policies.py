@@ -17,6 +17,7 @@ Durations are seconds (an integer) or a string of number-unit pairs: ``90m``, ``
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from decimal import Decimal
@@ -82,7 +83,12 @@ def parse_duration(value: Any) -> int:
         if value < 0:
             raise ValueError(f"a duration cannot be negative, got {value}")
         return value
-    if isinstance(value, float | Decimal) and value == int(value) and value >= 0:
+    if (
+        isinstance(value, float | Decimal)
+        and math.isfinite(value)
+        and value >= 0
+        and value == int(value)
+    ):
         return int(value)
     if isinstance(value, str):
         text = value.strip().lower()

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from schemas import api_views as v
 from schemas.api import BatchCheckRequest, CheckRequest, CheckResponse
 from schemas.common import ResourceType
+from schemas.policies import Policy
 from streams.auth import Action
 
 __all__ = [
@@ -300,6 +301,12 @@ ROUTES: Final[tuple[Route, ...]] = (
           "The seed's path of POST /api/v1/quotas/templates/{name}/apply",
           _CHANGED, body=v.TemplateApplyRequest, query=ChangeQuery, action="write",
           errors=_CHANGE_ERRORS),
+    Route("POST", "/api/v1/policies", ENFORCEMENT,
+          "Create a policy or replace it by a new version (publishes policy.set; admin)",
+          _CHANGED, body=Policy, query=WaitQuery, action="admin", errors=_CHANGE_ERRORS),
+    Route("DELETE", "/api/v1/policies/{name}", ENFORCEMENT,
+          "Remove a policy (publishes policy.deleted; admin)",
+          _CHANGED, query=WaitQuery, action="admin", errors=_CHANGE_ERRORS),
     Route("GET", "/api/v1/commands/{command_id}", ENFORCEMENT,
           "A command's status: pending (202), applied or rejected (200)",
           _CHANGED, query=CommandQuery, action="read", errors=_STATE_ERRORS),

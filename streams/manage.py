@@ -40,6 +40,8 @@ from schemas.amounts import to_micros
 from schemas.codec import DecodeLimits, encode
 from schemas.commands import (
     Command,
+    PolicyDeleted,
+    PolicySet,
     QuotaDeleted,
     QuotaSet,
     QuotaSpec,
@@ -118,6 +120,8 @@ class Target:
     def of(cls, cmd: Command) -> Target:
         if isinstance(cmd, TemplateDefined):
             return cls(template=cmd.name)
+        if isinstance(cmd, PolicySet | PolicyDeleted):
+            return cls(tenant_id=cmd.tenant_id)  # the system tenant, which audits them
         assert isinstance(cmd, QuotaSet | QuotaDeleted | TemplateApplied)
         return cls(
             tenant_id=cmd.tenant_id,
@@ -453,6 +457,30 @@ def register(qa: QuotaApp, json_response: Callable[..., web.Response]) -> Manage
 
             return await submit(self, request, TemplateApplied, build)
 
+    class PoliciesView(web.View):
+        async def post(self, request: web.Request) -> web.Response:
+            """Create a policy or replace it by a new version (``policy.set``; spans tenants:
+            admin only). The body is the policy (docs/policies.md)."""
+            try:
+                wait = parse_wait(request.query.get("wait"))
+                _raw, payload = await read_object(self, request)
+                principal = qa.access(request, None, "admin")
+                cmd = mgr.validate(PolicySet, {**payload, "actor": principal.subject})
+                return await accepted(cmd, cmd.tenant_id, wait)
+            except ApiError as exc:
+                return fail(exc)
+
+    class PolicyView(web.View):
+        async def delete(self, request: web.Request, name: str) -> web.Response:
+            """Remove a policy (``policy.deleted``; admin only)."""
+            try:
+                wait = parse_wait(request.query.get("wait"))
+                principal = qa.access(request, None, "admin")
+                cmd = mgr.validate(PolicyDeleted, {"name": name, "actor": principal.subject})
+                return await accepted(cmd, cmd.tenant_id, wait)
+            except ApiError as exc:
+                return fail(exc)
+
     class CommandView(web.View):
         async def get(self, request: web.Request, command_id: str) -> web.Response:
             """``pending``, ``applied`` (with the entity's quotas) or ``rejected`` (with the
@@ -482,6 +510,8 @@ def register(qa: QuotaApp, json_response: Callable[..., web.Response]) -> Manage
     app.page("/quotas/templates/{name}/apply")(ApplyView)
     app.page("/api/v1/quotas/{level}/{entity_id}/{resource_type}")(QuotaView)
     app.page("/api/v1/commands/{command_id}")(CommandView)
+    app.page("/api/v1/policies")(PoliciesView)
+    app.page("/api/v1/policies/{name}")(PolicyView)
     # beside the GET list of streams.web on the same path
     app.page("/api/v1/quotas")(QuotasView)
     return mgr

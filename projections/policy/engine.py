@@ -404,11 +404,12 @@ class PolicyEngine:
         The quotas already known are evaluated against it at once, each at its own event time
         (what the log had said of it when the policy arrived): a policy acts from where it
         stands in the log, so loading one now does not jump quotas whose events are older to
-        the wall clock. ``time_us`` (the command's time) is recorded in ``versions``.
+        the wall clock. ``time_us`` (the command's time) is recorded in ``versions``. A lower
+        version than the one in force is ignored (publish a higher one to roll back).
         """
         old = self.policies.get(policy.name)
-        if old is not None and old == policy:
-            return []
+        if old is not None and (old == policy or policy.version < old.version):
+            return []  # the same again, or an older version read after a newer one
         self._drop_rules(policy.name)
         self.policies[policy.name] = policy
         self.versions.setdefault(policy.name, []).append((policy.version, time_us))

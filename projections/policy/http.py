@@ -52,6 +52,10 @@ def build_app(worker: PolicyWorker, access: Access) -> web.Application:
             return _json(
                 {"error": {"code": "not_found", "message": f"no policy named {name!r}"}}, 404
             )
+        tenant = request.query.get("tenant_id")
+        if tenant is not None:  # one tenant's rule states and actions
+            for part in ("rules", "actions"):
+                view[part] = [r for r in view[part] if r["tenant_id"] == tenant]
         return _json(view)
 
     async def actions(request: web.Request) -> web.StreamResponse:

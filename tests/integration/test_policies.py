@@ -375,6 +375,36 @@ def _run(stack: Stack, pw: PolicyProcess, tmp: Path) -> None:
     assert view["versions"][0]["version"] == 1
     assert any(r["tenant_id"] == "grow" and r["fired"] == 1 for r in view["rules"])
     assert view["actions"][0]["limit"] == "15"
+    status, one = pw.get("/api/v1/policies/noisy?tenant_id=nobody")
+    assert status == 200 and one["rules"] == [] and one["actions"] == []
+    assert pw.get("/api/v1/policies/no-such-policy")[0] == 404
+
+    # -- the enforcement API takes policies too (admin only) ----------------------------------
+    w = stack.workers[0]
+    admin = pw.credentials.admin_token
+    rule = {"name": "r", "when": {"tier": {"in": ["x"]}}, "then": "suspend"}
+    extra = json.dumps({"name": "api-made", "rules": [rule]}).encode()
+    status, body = w.request("POST", "/api/v1/policies?wait=10", extra, token=admin)
+    assert (status, body["status"], body["type"]) == (200, "applied", "policy.set")
+    bad_rule = {"name": "api-made", "rules": [{**rule, "when": {"tier": {}}}]}
+    status, body = w.request("POST", "/api/v1/policies", json.dumps(bad_rule).encode(), token=admin)
+    assert status == 400 and "rules.0.when" in body["error"]["message"]
+    viewer = pw.credentials.token("policy-viewer", "viewer", "grow")
+    # the worker reads the token file again within a second: until then the token is unknown
+    stack.wait_for(
+        lambda: w.request("GET", "/api/v1/quotas?entity_id=grow", token=viewer)[0] == 200
+    )
+    status, _ = w.request("POST", "/api/v1/policies", extra, token=viewer)
+    assert status in (403, 404)
+    status, body = w.request("DELETE", "/api/v1/policies/api-made?wait=10", token=admin)
+    assert (status, body["status"]) == (200, "applied")
+    _wait_policy(
+        pw,
+        stack,
+        lambda b: any(p["name"] == "api-made" and not p["active"] for p in b["policies"]),
+        "/api/v1/policies",
+    )
+    names.add("api-made")
 
     # -- a restart and a rebuild send nothing again -------------------------------------------
     status = _wait_policy(pw, stack, lambda b: b["ready"], "/api/v1/policies/status")

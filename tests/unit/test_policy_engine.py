@@ -323,6 +323,7 @@ def test_a_new_version_starts_afresh_and_a_deleted_policy_stops() -> None:
     (a2,) = e.set_policy(v2, T0 + MIN)  # evaluated at once, its rule armed
     assert a2.actor == "policy/p@2" and a2.action_id != a1.action_id
     assert e.set_policy(v2, T0 + 2 * MIN) == []  # the same version again: nothing
+    assert e.set_policy(v1, T0 + 2 * MIN) == [] and e.policies["p"].version == 2  # older
     assert e.delete_policy("p", T0 + 3 * MIN)
     assert e.observe(obs(T0 + 4 * MIN, 5)) == [] and e.observe(obs(T0 + 5 * MIN, 9.9)) == []
     view = e.describe("p")

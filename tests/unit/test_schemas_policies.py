@@ -38,7 +38,10 @@ def test_durations(text: Any, seconds: int) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("bad", ["1x", "h", "", "1.5h", "-1h", -1, True, "1h-", "m30"])
+@pytest.mark.parametrize(
+    "bad",
+    ["1x", "h", "", "1.5h", "-1h", -1, True, "1h-", "m30", 1.5, float("inf"), float("nan"), None],
+)
 def test_bad_durations(bad: Any) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(bad)
