@@ -12,6 +12,7 @@ from .engine import (
     action_id,
     actor_of,
 )
+from .feed import PolicyFeed
 
 __all__ = [
     "POLICY_SOURCE",
@@ -20,6 +21,7 @@ __all__ = [
     "Observation",
     "PolicyAction",
     "PolicyEngine",
+    "PolicyFeed",
     "action_id",
     "actor_of",
 ]

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from projections.policy.worker import PolicyWorker
 from streams.auth import Access, middleware
@@ -80,7 +81,14 @@ def build_app(worker: PolicyWorker, access: Access) -> web.Application:
             return api_error_response(exc)
         return _json(worker.status_body())
 
+    async def metrics(_request: web.Request) -> web.StreamResponse:
+        return web.Response(
+            body=generate_latest(worker.metrics.registry),
+            headers={"Content-Type": CONTENT_TYPE_LATEST},
+        )
+
     app = web.Application(middlewares=[error_middleware, middleware(access)])
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/api/v1/policies", policies)

@@ -38,6 +38,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from projections.policy.engine import POLICY_SOURCE, PolicyAction
 from projections.policy.feed import PolicyFeed
+from projections.policy.metrics import PolicyMetrics
 from schemas.codec import decode, encode
 from schemas.exceptions import DecodeError
 from schemas.limits import DecodeLimits
@@ -103,9 +104,11 @@ class PolicyWorker:
         settings: Settings,
         psettings: PolicySettings,
         *,
+        metrics: PolicyMetrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics if metrics is not None else PolicyMetrics()
         self.psettings = psettings
         self.clock = clock
         self.dir = ensure_dir(psettings.data_dir)
@@ -238,6 +241,7 @@ class PolicyWorker:
             self.positions.get(k, 0) >= end for k, end in self.targets.items()
         ):
             self.status.ready = True
+            self.metrics.ready.set(1)
 
     async def run(self, stop: asyncio.Event, *, until_caught_up: bool = False) -> None:
         while not stop.is_set():
@@ -279,6 +283,8 @@ class PolicyWorker:
         ):
             if not records:
                 continue
+            role = "output" if tp.topic in self.outputs else "input"
+            self.metrics.messages.labels(role).inc(len(records))
             for r in records:
                 self.status.messages += 1
                 try:
@@ -344,16 +350,20 @@ class PolicyWorker:
 
     async def send(self, actions: list[PolicyAction]) -> int:
         self.status.actions += len(actions)
+        self.metrics.watermark.set(self.feed.watermark / 1e6)
         for a in actions:
             self.sent.append(a.to_dict())
+            self.metrics.actions.labels(a.policy, a.kind).inc()
         del self.sent[:-500]
         if self._producer is None:
             return 0
         if self.replaying():
             self.status.suppressed += len(actions)
+            self.metrics.suppressed.inc(len(actions))
             return 0
         records = [r for r in self.records(actions) if r[3] not in self.emitted_ids]
         self.status.suppressed += len(actions) - len(records)
+        self.metrics.suppressed.inc(len(actions) - len(records))
         if not records:
             return 0
         futures = [
@@ -364,6 +374,8 @@ class PolicyWorker:
         self._record_emitted([r[3] for r in records])
         self.status.emitted += len(records)
         for r in records:
+            kind = "alert" if r[0] == self.settings.topics.quota_alerts else "command"
+            self.metrics.emitted.labels(kind).inc()
             log.info("policy action sent: %s to %s", r[3], r[0])
         return len(records)
 

@@ -28,6 +28,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -410,6 +411,9 @@ def _run(stack: Stack, pw: PolicyProcess, tmp: Path) -> None:
     status = _wait_policy(pw, stack, lambda b: b["ready"], "/api/v1/policies/status")
     sent = _sent_by_policies(stack)
     assert len(sent) == status["emitted"] and len({e["id"] for e in sent}) == len(sent)
+    with urllib.request.urlopen(f"http://127.0.0.1:{pw.port}/metrics", timeout=5) as resp:
+        metrics = resp.read().decode()
+    assert 'policy_actions_total{kind="adjust_limit",policy="autogrow"} 1.0' in metrics
     pw.stop()
     pw.start()
     again = _wait_policy(pw, stack, lambda b: b["ready"], "/api/v1/policies/status")
