@@ -39,14 +39,20 @@ from typing import Any, Final
 import orjson
 from pydantic import ValidationError
 
-from projections.compliance import KINDS, _episode_doc, _episodes, _time_over
-from projections.config import ProjectionSettings
-from projections.cost import Catalogue, entity_cost, load_catalogue
-from projections.exceptions import PricingError
-from projections.folds import FoldParams, FoldStats, ProjectionState, flush, fold_event
-from projections.log import LogReader, LogRecord
-from projections.policy import POLICY_SOURCE, Episode, Observation, PolicyAction, PolicyEngine
-from projections.replay import (
+from novaquota.projections.compliance import KINDS, _episode_doc, _episodes, _time_over
+from novaquota.projections.config import ProjectionSettings
+from novaquota.projections.cost import Catalogue, entity_cost, load_catalogue
+from novaquota.projections.exceptions import PricingError
+from novaquota.projections.folds import FoldParams, FoldStats, ProjectionState, flush, fold_event
+from novaquota.projections.log import LogReader, LogRecord
+from novaquota.projections.policy import (
+    POLICY_SOURCE,
+    Episode,
+    Observation,
+    PolicyAction,
+    PolicyEngine,
+)
+from novaquota.projections.replay import (
     FORMATS,
     ArgumentError,
     Citation,
@@ -61,9 +67,9 @@ from projections.replay import (
     run_cli,
     write_output,
 )
-from schemas.amounts import from_micros
-from schemas.codec import _decode_error, encode
-from schemas.commands import (
+from novaquota.schemas.amounts import from_micros
+from novaquota.schemas.codec import _decode_error, encode
+from novaquota.schemas.commands import (
     COMMAND_MODELS,
     Command,
     QuotaDeleted,
@@ -71,14 +77,14 @@ from schemas.commands import (
     TemplateApplied,
     TemplateSpec,
 )
-from schemas.common import SYSTEM_TENANT
-from schemas.limits import DecodeLimits
-from schemas.policies import Policy, PolicyFileError, parse_policies
-from schemas.templates import BUILTIN_TEMPLATES
-from streams import quota as q
-from streams.enforce import SYSTEM, Rejection
-from streams.quota.units import split_entity_key
-from streams.settings import Settings
+from novaquota.schemas.common import SYSTEM_TENANT
+from novaquota.schemas.limits import DecodeLimits
+from novaquota.schemas.policies import Policy, PolicyFileError, parse_policies
+from novaquota.schemas.templates import BUILTIN_TEMPLATES
+from novaquota.streams import quota as q
+from novaquota.streams.enforce import SYSTEM, Rejection
+from novaquota.streams.quota.units import split_entity_key
+from novaquota.streams.settings import Settings
 
 __all__ = [
     "CHANGE_TYPES",

@@ -39,7 +39,7 @@ from pydantic import (
     model_validator,
 )
 
-from schemas.common import Id, Level, ResourceType, Severity
+from novaquota.schemas.common import Id, Level, ResourceType, Severity
 
 __all__ = [
     "ACTION_KINDS",

@@ -24,8 +24,8 @@ from typing import Any
 
 import orjson
 
-from schemas.policies import Policy, PolicyFileError, load_policies
-from streams.settings import Settings
+from novaquota.schemas.policies import Policy, PolicyFileError, load_policies
+from novaquota.streams.settings import Settings
 
 __all__ = ["build_parser", "main"]
 
@@ -86,8 +86,8 @@ def _actor(given: str | None) -> str:
 
 
 async def _publish(settings: Settings, messages: list[tuple[str, dict[str, Any]]]) -> None:
-    from ops.publish import STRUCTURED, make_producer
-    from schemas.codec import encode
+    from novaquota.ops.publish import STRUCTURED, make_producer
+    from novaquota.schemas.codec import encode
 
     producer = make_producer(settings)
     await producer.start()
@@ -140,9 +140,9 @@ async def _from_log(settings: Settings) -> dict[str, Any]:
     """The policy set as the command topic has it (the newest policy.set / policy.deleted)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from schemas.codec import decode
-    from schemas.commands import PolicyDeleted, PolicySet
-    from schemas.exceptions import DecodeError
+    from novaquota.schemas.codec import decode
+    from novaquota.schemas.commands import PolicyDeleted, PolicySet
+    from novaquota.schemas.exceptions import DecodeError
 
     topic = settings.topics.quota_commands
     consumer = AIOKafkaConsumer(**settings.kafka_client_config(), enable_auto_commit=False)
@@ -192,7 +192,7 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     import httpx
 
-    from projections.policy.worker import PolicySettings
+    from novaquota.projections.policy.worker import PolicySettings
 
     base = (args.url or f"http://127.0.0.1:{PolicySettings().web_port}").rstrip("/")
     token = os.environ.get("NOVAQUOTA_TOKEN")
@@ -212,9 +212,9 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
 async def serve(settings: Settings, args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from projections.policy.http import build_app
-    from projections.policy.worker import PolicySettings, PolicyWorker
-    from streams.auth import build_access
+    from novaquota.projections.policy.http import build_app
+    from novaquota.projections.policy.worker import PolicySettings, PolicyWorker
+    from novaquota.streams.auth import build_access
 
     overrides: dict[str, Any] = {}
     if args.host:
@@ -264,7 +264,7 @@ def main(argv: list[str], settings: Settings) -> int:
         return _delete(args, settings)
     if args.action == "list":
         return _list(args, settings)
-    from streams.logs import configure_logging
+    from novaquota.streams.logs import configure_logging
 
     configure_logging(settings)
     try:

@@ -41,9 +41,9 @@ from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any, Final
 
-from schemas.amounts import RESOURCE_DECIMALS
-from schemas.common import format_time_us
-from schemas.policies import (
+from novaquota.schemas.amounts import RESOURCE_DECIMALS
+from novaquota.schemas.common import format_time_us
+from novaquota.schemas.policies import (
     AdjustLimit,
     AdjustLimitSpec,
     AlertAction,

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any, Final
 
-from projections.policy.engine import (
+from novaquota.projections.policy.engine import (
     QUOTA_FIELDS,
     Episode,
     Key,
@@ -33,16 +33,16 @@ from projections.policy.engine import (
     PolicyEngine,
     quota_fields,
 )
-from schemas.allocation import (
+from novaquota.schemas.allocation import (
     ALLOCATION_TYPES,
     RELEASE_TYPES,
     instance_key,
     is_release,
     resources_of,
 )
-from schemas.amounts import from_micros
-from schemas.codec import Decoded
-from schemas.commands import (
+from novaquota.schemas.amounts import from_micros
+from novaquota.schemas.codec import Decoded
+from novaquota.schemas.commands import (
     PolicyDeleted,
     PolicySet,
     QuotaDeleted,
@@ -52,8 +52,8 @@ from schemas.commands import (
     TemplateSpec,
     TenantDeleted,
 )
-from schemas.common import parse_time_us
-from schemas.templates import BUILTIN_TEMPLATES, expand_template
+from novaquota.schemas.common import parse_time_us
+from novaquota.schemas.templates import BUILTIN_TEMPLATES, expand_template
 
 __all__ = ["PolicyFeed"]
 

@@ -11,10 +11,10 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from projections.policy.worker import PolicyWorker
-from streams.auth import Access, middleware
-from streams.errors import ApiError
-from streams.http_errors import api_error_response, error_middleware
+from novaquota.projections.policy.worker import PolicyWorker
+from novaquota.streams.auth import Access, middleware
+from novaquota.streams.errors import ApiError
+from novaquota.streams.http_errors import api_error_response, error_middleware
 
 __all__ = ["build_app"]
 

@@ -36,13 +36,13 @@ from aiokafka.structs import OffsetAndMetadata
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from projections.policy.engine import POLICY_SOURCE, PolicyAction
-from projections.policy.feed import PolicyFeed
-from projections.policy.metrics import PolicyMetrics
-from schemas.codec import decode, encode
-from schemas.exceptions import DecodeError
-from schemas.limits import DecodeLimits
-from streams.settings import Settings, ensure_dir
+from novaquota.projections.policy.engine import POLICY_SOURCE, PolicyAction
+from novaquota.projections.policy.feed import PolicyFeed
+from novaquota.projections.policy.metrics import PolicyMetrics
+from novaquota.schemas.codec import decode, encode
+from novaquota.schemas.exceptions import DecodeError
+from novaquota.schemas.limits import DecodeLimits
+from novaquota.streams.settings import Settings, ensure_dir
 
 __all__ = ["PolicySettings", "PolicyWorker", "WorkerStatus"]
 

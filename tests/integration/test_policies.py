@@ -147,7 +147,7 @@ def _cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
         "NOVAQUOTA_PARTITIONS": str(stack.partitions),
     }
     return subprocess.run(
-        [sys.executable, "-m", "ops.cli", "policy", *args],
+        [sys.executable, "-m", "novaquota.ops.cli", "policy", *args],
         env=env,
         capture_output=True,
         text=True,

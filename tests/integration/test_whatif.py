@@ -15,11 +15,11 @@ from typing import Any
 import orjson
 import pytest
 
-from projections import replay as replay_mod
-from projections.cost import load_catalogue
-from projections.replay import iso
-from projections.whatif import build_report, parse_proposal, what_if
-from schemas.common import datetime_to_us
+from novaquota.projections import replay as replay_mod
+from novaquota.projections.cost import load_catalogue
+from novaquota.projections.replay import iso
+from novaquota.projections.whatif import build_report, parse_proposal, what_if
+from novaquota.schemas.common import datetime_to_us
 from tests.integration.conftest import Stack
 from tests.integration.test_replay import at, max_times, quota, wait_processed
 from tests.support.events import vm_created, vm_deleted

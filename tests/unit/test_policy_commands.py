@@ -10,11 +10,11 @@ from typing import Any
 import orjson
 import pytest
 
-from schemas.codec import decode, encode
-from schemas.exceptions import DecodeError
-from schemas.limits import DEFAULT_LIMITS
-from streams import step
-from streams.translate import with_tenant
+from novaquota.schemas.codec import decode, encode
+from novaquota.schemas.exceptions import DecodeError
+from novaquota.schemas.limits import DEFAULT_LIMITS
+from novaquota.streams import step
+from novaquota.streams.translate import with_tenant
 from tests.support.world import StoreWorld
 
 T0 = datetime(2026, 11, 20, 10, tzinfo=UTC)

@@ -10,16 +10,16 @@ from typing import Any
 
 import pytest
 
-from projections.policy.engine import (
+from novaquota.projections.policy.engine import (
     Episode,
     Observation,
     PolicyAction,
     PolicyEngine,
     action_id,
 )
-from schemas.codec import decode, encode
-from schemas.outputs import QuotaAlert
-from schemas.policies import Policy
+from novaquota.schemas.codec import decode, encode
+from novaquota.schemas.outputs import QuotaAlert
+from novaquota.schemas.policies import Policy
 
 D = Decimal
 US = 1_000_000

@@ -8,9 +8,9 @@ import json
 from decimal import Decimal
 from typing import Any
 
-from projections.policy.feed import PolicyFeed
-from schemas.codec import Decoded, decode, encode
-from schemas.policies import Policy
+from novaquota.projections.policy.feed import PolicyFeed
+from novaquota.schemas.codec import Decoded, decode, encode
+from novaquota.schemas.policies import Policy
 
 US = 1_000_000
 H = 3600 * US

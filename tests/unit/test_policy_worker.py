@@ -10,11 +10,11 @@ from typing import Any
 
 import orjson
 
-from projections.policy.engine import Observation, PolicyAction, PolicyEngine
-from projections.policy.worker import PolicySettings, PolicyWorker
-from schemas.codec import decode, decode_output
-from schemas.policies import Policy
-from streams.settings import Settings
+from novaquota.projections.policy.engine import Observation, PolicyAction, PolicyEngine
+from novaquota.projections.policy.worker import PolicySettings, PolicyWorker
+from novaquota.schemas.codec import decode, decode_output
+from novaquota.schemas.policies import Policy
+from novaquota.streams.settings import Settings
 
 US = 1_000_000
 T0 = 1_793_491_200 * US

@@ -10,10 +10,10 @@ from typing import Any
 import orjson
 import pytest
 
-from projections.cost import load_catalogue
-from projections.log import LogRecord, merge
-from projections.replay import iso, parse_time
-from projections.whatif import (
+from novaquota.projections.cost import load_catalogue
+from novaquota.projections.log import LogRecord, merge
+from novaquota.projections.replay import iso, parse_time
+from novaquota.projections.whatif import (
     ProposalError,
     WhatIfResult,
     build_report,
@@ -22,8 +22,8 @@ from projections.whatif import (
     what_if_records,
     what_if_topics,
 )
-from schemas.common import datetime_to_us
-from streams.settings import Settings
+from novaquota.schemas.common import datetime_to_us
+from novaquota.streams.settings import Settings
 from tests.support.events import BASE_TIME, command, vm_created, vm_deleted
 
 PREFIX = "w."
@@ -215,7 +215,7 @@ def test_the_cli_exits_1_for_a_bad_file_before_reading_the_log(
                    "    resource_type: cpu\n    limit: lots\n")  # fmt: skip
     settings = Settings(bootstrap_servers="localhost:1", topic_prefix=PREFIX)
     argv = ["--what-if", str(bad), "--from", t_iso(0), "--until", t_iso(60)]
-    from projections import replay
+    from novaquota.projections import replay
 
     assert replay.main(argv, settings) == 1  # replay dispatches --what-if here
     err = capsys.readouterr().err
@@ -476,7 +476,7 @@ policies:
 
 @pytest.mark.parametrize("name", ["what-if.yaml", "what-if-autogrow.yaml"])
 def test_the_example_files_are_valid(name: str) -> None:
-    from projections.whatif import load_proposal
+    from novaquota.projections.whatif import load_proposal
 
     prop = load_proposal(Path(__file__).resolve().parents[2] / "examples" / name)
     assert prop.description and (prop.changes or prop.policies)

@@ -9,7 +9,13 @@ from typing import Any
 
 import pytest
 
-from schemas.policies import Policy, PolicyFileError, load_policies, parse_duration, parse_policies
+from novaquota.schemas.policies import (
+    Policy,
+    PolicyFileError,
+    load_policies,
+    parse_duration,
+    parse_policies,
+)
 
 EXAMPLES = Path(__file__).parents[2] / "examples" / "policies"
 
