@@ -353,14 +353,22 @@ class ReplayEngine:
             DeadLetter(rec.position, rec.timestamp_ms, reason, message, d.id if d else None, tenant)
         )
 
-    def _input(self, rec: LogRecord) -> None:
-        got = step.classify(
+    def classify(self, rec: LogRecord) -> step.Outcome:
+        """Decode one input record (``streams.step.classify``)."""
+        return step.classify(
             rec.value,
             list(rec.headers) or None,
             rec.key,
             timestamp_ms=rec.timestamp_ms,
             limits=self.limits,
         )
+
+    def _input(self, rec: LogRecord) -> None:
+        self.apply_input(rec, self.classify(rec))
+
+    def apply_input(self, rec: LogRecord, got: step.Outcome) -> None:
+        """Apply one input record already classified (``classify``): the what-if replay
+        decodes each record once for its two runs."""
         if got.kind == "dead_letter":
             self._dead(rec, got.reason, got.message, got.decoded)
             return
@@ -419,13 +427,18 @@ class ReplayEngine:
         except ValueError:
             return  # not a tick record; the worker would not have written it
         self.counts["ticks"] += 1
-        due = sorted(
-            t for t, d in self.deadlines.items() if d <= tick_us and self._home(t) == rec.partition
-        )
+        due = self.due_tenants(tick_us, rec.partition)
         cite = Citation(rec.position, f"tick:{tick_us}", "novaquota/tick", tick_us)
         stream = f"{rec.topic}:{rec.partition}"
         for tenant in due:
             self._run_tick(tenant, tick_us, stream, rec.offset, cite)
+
+    def due_tenants(self, tick_us: int, partition: int) -> list[str]:
+        """The tenants a worker tick at ``tick_us`` on ``partition`` advances: those of that
+        partition with a deadline it reaches."""
+        return sorted(
+            t for t, d in self.deadlines.items() if d <= tick_us and self._home(t) == partition
+        )
 
     def _home(self, tenant: str) -> int:
         home = self._homes.get(tenant)
@@ -1096,6 +1109,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="novaquota replay",
         description="Rebuild quota state as of a time from the log and write an audit report "
         "that cites the records (topic, partition, offset, id) behind each figure.",
+        epilog="With --what-if FILE --from T1 --until T2: replay a period as it happened and "
+        "with proposed quota changes, side by side (docs/replay.md, What-if).",
     )
     p.add_argument("--until", required=True, type=_time_arg, metavar="T", help="RFC 3339 time")
     p.add_argument("--tenant", metavar="ID", help="only this tenant (no system section)")
@@ -1198,6 +1213,11 @@ def run_cli(
 
 
 def main(argv: list[str], settings: Settings) -> int:
+    if any(a == "--what-if" or a.startswith("--what-if=") for a in argv):
+        from novaquota.projections import whatif
+
+        return whatif.main(argv, settings)
+
     def body(args: argparse.Namespace) -> int:
         with log_progress(args, "reading the log") as bar:
             result = asyncio.run(

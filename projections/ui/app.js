@@ -842,7 +842,11 @@ function auditPage(tenant) {
       h("form", { id: "report-form", onsubmit: makeReport, "aria-label": "Replay report" },
         h("div", { class: "field" }, h("label", { for: "as-of" }, "As of (your local time)"), asOf),
         h("button", { type: "submit" }, "Make the report")),
-      reportStatus, reportLinks),
+      reportStatus, reportLinks,
+      h("p", { id: "what-if-note" }, "What would other limits have done? A what-if report replays a period " +
+        "as it happened and with proposed quota changes, side by side: ",
+        h("code", {}, `novaquota replay --what-if FILE --from T1 --until T2 --tenant ${tenant} --format html --out what-if.html`),
+        " (docs/replay.md, What-if). The HTML file is self-contained: open it from disk or any static web server.")),
   );
   load();
 }

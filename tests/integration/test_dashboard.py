@@ -550,6 +550,9 @@ def test_audit_page_lists_filters_pages_and_opens_a_report(dep: Deployment, page
     # styled: the dashboard's policy, which a blob: document inherits, allows its stylesheet
     assert report.evaluate("getComputedStyle(document.body).marginTop") == "32px"
     report.close()
+    # what-if reports are made on the command line; the page names the command for this tenant
+    note = page.locator("#what-if-note").inner_text()
+    assert "novaquota replay --what-if FILE --from T1 --until T2 --tenant acme" in note
     accessible(page)
 
 
