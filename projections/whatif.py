@@ -53,19 +53,22 @@ from novaquota.projections.policy import (
     PolicyEngine,
 )
 from novaquota.projections.replay import (
-    FORMATS,
     ArgumentError,
     Citation,
     CliParser,
+    Progress,
     ReplayEngine,
     ReplayResult,
     Report,
+    add_report_options,
     amount,
+    emit_report,
     iso,
+    log_progress,
     log_topics,
     parse_time,
+    read_summary,
     run_cli,
-    write_output,
 )
 from novaquota.schemas.amounts import from_micros
 from novaquota.schemas.codec import _decode_error, encode
@@ -975,6 +978,7 @@ async def what_if(
     tenant: str | None = None,
     as_of_us: int | None = None,
     fold_params: FoldParams | None = None,
+    progress: Progress | None = None,
 ) -> WhatIfResult:
     """Read the log (as it stands, or stood at ``as_of_us``) and run both replays."""
     if end_us <= start_us:
@@ -983,7 +987,11 @@ async def what_if(
     cut_ms = None if as_of_us is None else as_of_us // 1000
     until_us = end_us if as_of_us is None else max(end_us, as_of_us)
     async with LogReader(
-        settings, what_if_topics(settings), cut_ms, missing_ok=[topics.ticks, topics.admission]
+        settings,
+        what_if_topics(settings),
+        cut_ms,
+        missing_ok=[topics.ticks, topics.admission],
+        progress=progress,
     ) as reader:
         engine = WhatIfEngine(
             settings,
@@ -1816,8 +1824,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="T",
         help="read the log as it stood at T (RFC 3339; default: all of it, now)",
     )
-    p.add_argument("--format", default="json", choices=FORMATS, help="report format (json)")
-    p.add_argument("--out", type=Path, metavar="FILE", help="write here instead of stdout")
+    add_report_options(p)
     return p
 
 
@@ -1835,26 +1842,28 @@ def main(argv: Sequence[str], settings: Settings) -> int:
                 max_clock_skew_seconds=settings.max_clock_skew_seconds,
             )
             proposal = load_proposal(args.what_if, limits=limits, tenant=args.tenant)
-            result = asyncio.run(
-                what_if(
-                    settings,
-                    proposal,
-                    args.start,
-                    args.end,
-                    tenant=args.tenant,
-                    as_of_us=args.as_of,
-                    fold_params=FoldParams(
-                        gauge_ttl_us=int(psettings.network_sample_ttl_seconds * 1_000_000),
-                        lateness_us=int(psettings.lateness_seconds * 1_000_000),
-                    ),
+            with log_progress(args, "reading the log") as bar:
+                result = asyncio.run(
+                    what_if(
+                        settings,
+                        proposal,
+                        args.start,
+                        args.end,
+                        tenant=args.tenant,
+                        as_of_us=args.as_of,
+                        fold_params=FoldParams(
+                            gauge_ttl_us=int(psettings.network_sample_ttl_seconds * 1_000_000),
+                            lateness_us=int(psettings.lateness_seconds * 1_000_000),
+                        ),
+                        progress=bar.update,
+                    )
                 )
-            )
         except (ProposalError, PricingError) as exc:
             print(f"{prog}: error: {exc}", file=sys.stderr)
             return 1
-        write_output(build_report(result, catalogue).render(args.format), args.out)
-        if args.out is not None:
-            print(f"wrote {args.out}", file=sys.stderr)
+        summary = {"from": iso(args.start), "until": iso(args.end)}
+        summary.update(read_summary(result.actual.ranges))
+        emit_report(args, build_report(result, catalogue).render(args.format), summary)
         return 0
 
     return run_cli(list(argv), build_parser(), body)
