@@ -1,10 +1,11 @@
 # syntax=docker/dockerfile:1
 # NovaCron Quota Stream: one image for the enforcement workers (`novaquota worker`, 6066), the
 # projection workers (`novaquota projections run`, 6067), the delivery worker (`novaquota
-# deliver`, 6068) and the CLI. Kubernetes manifests: deploy/k8s/ (docs/deploy.md).
+# deliver`, 6068), the policy worker (`novaquota policy run`, 6069) and the CLI. Kubernetes
+# manifests: deploy/k8s/ (docs/deploy.md).
 #
-#   docker build -t novaquota:0.1.0 .
-#   docker run --rm -e KAFKA_BOOTSTRAP_SERVERS=broker:9092 -p 6066:6066 novaquota:0.1.0 worker
+#   docker build -t novaquota:0.2.0 .
+#   docker run --rm -e KAFKA_BOOTSTRAP_SERVERS=broker:9092 -p 6066:6066 novaquota:0.2.0 worker
 #
 # This image has not been built in the project's own environment (it has no Docker engine);
 # the Dockerfile is checked with hadolint (tests/unit/test_dockerfile.py).
@@ -52,10 +53,10 @@ RUN python -m venv /opt/novaquota \
     && rm -rf /tmp/wheels
 USER 10001:10001
 WORKDIR /var/lib/novaquota
-EXPOSE 6066 6067 6068
+EXPOSE 6066 6067 6068 6069
 # Kubernetes ignores HEALTHCHECK (the manifests probe /healthz and /readyz); for plain Docker,
-# the worker's /healthz on whichever of the three ports this container serves (no curl in slim).
+# the worker's /healthz on whichever of the four ports this container serves (no curl in slim).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
-    CMD ["python", "-c", "import os, sys, urllib.request as u\nports = [os.environ.get(n, d) for n, d in (('NOVAQUOTA_WEB_PORT', '6066'), ('NOVAQUOTA_PROJECTIONS_WEB_PORT', '6067'), ('NOVAQUOTA_DELIVERY_WEB_PORT', '6068'))]\nfor port in ports:\n    try:\n        u.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4)\n        sys.exit(0)\n    except Exception:\n        pass\nsys.exit(1)"]
+    CMD ["python", "-c", "import os, sys, urllib.request as u\nports = [os.environ.get(n, d) for n, d in (('NOVAQUOTA_WEB_PORT', '6066'), ('NOVAQUOTA_PROJECTIONS_WEB_PORT', '6067'), ('NOVAQUOTA_DELIVERY_WEB_PORT', '6068'), ('NOVAQUOTA_POLICY_WEB_PORT', '6069'))]\nfor port in ports:\n    try:\n        u.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4)\n        sys.exit(0)\n    except Exception:\n        pass\nsys.exit(1)"]
 ENTRYPOINT ["novaquota"]
 CMD ["--help"]

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from novaquota.projections.config import ProjectionSettings
+from novaquota.projections.policy.worker import PolicySettings
 from novaquota.streams.settings import Settings
 from tests.support.settings_names import delivery_settings, env_names
 from tests.support.tools import require_tool
@@ -79,7 +80,9 @@ def test_the_runtime_runs_the_cli_as_the_manifests_user() -> None:
     assert _all("USER")[-1] == "10001:10001"  # runAsUser/runAsGroup in deploy/k8s/
     assert json.loads(_all("ENTRYPOINT")[-1]) == ["novaquota"]
     exposed = set(_all("EXPOSE")[-1].split())
-    assert {str(Settings().web_port), str(ProjectionSettings().web_port)} <= exposed
+    assert {
+        str(cls().web_port) for cls in (Settings, ProjectionSettings, PolicySettings)
+    } <= exposed
 
 
 def _env_of_runtime() -> dict[str, str]:
@@ -94,7 +97,7 @@ def _env_of_runtime() -> dict[str, str]:
 
 
 def test_every_novaquota_variable_the_image_sets_is_a_setting() -> None:
-    allowed = env_names(Settings) | env_names(ProjectionSettings)
+    allowed = env_names(Settings) | env_names(ProjectionSettings) | env_names(PolicySettings)
     delivery = delivery_settings()
     if delivery is not None:
         allowed |= env_names(delivery)
@@ -148,7 +151,12 @@ def _run_healthcheck(env: dict[str, str]) -> int:
 
 @pytest.mark.parametrize(
     "variable",
-    ["NOVAQUOTA_WEB_PORT", "NOVAQUOTA_PROJECTIONS_WEB_PORT", "NOVAQUOTA_DELIVERY_WEB_PORT"],
+    [
+        "NOVAQUOTA_WEB_PORT",
+        "NOVAQUOTA_PROJECTIONS_WEB_PORT",
+        "NOVAQUOTA_DELIVERY_WEB_PORT",
+        "NOVAQUOTA_POLICY_WEB_PORT",
+    ],
 )
 def test_the_healthcheck_passes_on_whichever_worker_answers(variable: str) -> None:
     closed = {
@@ -157,6 +165,7 @@ def test_the_healthcheck_passes_on_whichever_worker_answers(variable: str) -> No
             "NOVAQUOTA_WEB_PORT",
             "NOVAQUOTA_PROJECTIONS_WEB_PORT",
             "NOVAQUOTA_DELIVERY_WEB_PORT",
+            "NOVAQUOTA_POLICY_WEB_PORT",
         )
     }
     with _server(200) as port:

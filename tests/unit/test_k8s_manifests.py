@@ -11,7 +11,10 @@
   Services name ports that exist, the headless Service is the StatefulSet's serviceName, the
   autoscalers target the StatefulSet within the partition count and read the workers' consumer
   group, every environment variable is a real setting (and every value is one the settings
-  accept), and every ConfigMap and Secret key used exists.
+  accept), every container runs a real CLI command, and every ConfigMap and Secret key used
+  exists.
+- The single-replica workers (projections, policy) keep their state on a claim, and the image
+  tag is the package's version.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jsonschema
 import kubernetes_validate
@@ -32,8 +35,10 @@ import pytest
 import yaml
 from pydantic_settings import BaseSettings
 
-from novaquota.ops.cli import DELEGATED, build_parser
+import novaquota
+from novaquota.ops.cli import DELEGATED, build_parser, delegated_parsers
 from novaquota.projections.config import ProjectionSettings
+from novaquota.projections.policy.worker import PolicySettings
 from novaquota.streams.settings import Settings, TopicNames
 from tests.support.settings_names import delivery_settings, env_names
 from tests.support.tools import require_tool
@@ -310,6 +315,33 @@ def test_the_probes_are_the_documented_endpoints() -> None:
     assert projections["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert projections["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert projections["ports"][0]["containerPort"] == ProjectionSettings().web_port
+    policy = _container(docs, "novaquota-policy", "policy")
+    assert policy["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert policy["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert policy["ports"] == [{"name": "http", "containerPort": PolicySettings().web_port}]
+
+
+def _policy_routes() -> set[str]:
+    """The GET paths the policy worker's HTTP app serves (its routes; no worker needed)."""
+    from novaquota.projections.policy.http import build_app
+    from novaquota.streams.auth import build_access
+
+    app = build_app(cast(Any, None), build_access(Settings()))
+    return {r.resource.canonical for r in app.router.routes() if r.method == "GET" and r.resource}
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_the_policy_workers_probes_and_metrics_are_routes_of_its_app(kustomization: str) -> None:
+    docs = _rendered(kustomization)
+    routes = _policy_routes()
+    policy = _container(docs, "novaquota-policy", "policy")
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert policy[probe]["httpGet"]["path"] in routes, probe
+    if kustomization != "base":  # the ServiceMonitor scrapes it
+        (monitor,) = _by_kind(docs, "ServiceMonitor")
+        assert monitor["spec"]["endpoints"][0]["path"] in routes
+    # the check could fail: a path the app does not serve is not among its routes
+    assert "/metrics" in routes and "/ready" not in routes
 
 
 def _container(docs: tuple[dict[str, Any], ...], workload: str, name: str) -> dict[str, Any]:
@@ -356,6 +388,41 @@ def test_the_statefulset_is_reachable_through_its_headless_service(kustomization
     # session timeout after which a killed worker's partitions move.
     grace = sts["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert grace >= 60 and grace > Settings().session_timeout_seconds
+
+
+#: the one-replica Deployments that keep their state in a data dir: (Deployment, container,
+#: the setting naming the data dir)
+SINGLE_REPLICA_WORKERS = [
+    ("novaquota-projections", "projections", "NOVAQUOTA_PROJECTIONS_DATA_DIR"),
+    ("novaquota-policy", "policy", "NOVAQUOTA_POLICY_DATA_DIR"),
+]
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+@pytest.mark.parametrize(("workload", "name", "data_dir"), SINGLE_REPLICA_WORKERS)
+def test_the_single_replica_workers_keep_their_state_on_a_claim(
+    kustomization: str, workload: str, name: str, data_dir: str
+) -> None:
+    """One replica (a second would read every partition and act again), replaced, not rolled
+    (the claim is ReadWriteOnce), with its data dir on the claim rather than the pod."""
+    docs = _rendered(kustomization)
+    deployment = _one(docs, "Deployment", workload)
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    container = _container(docs, workload, name)
+    mount = _mount_of(container, _env_values(container)[data_dir])
+    assert not mount.get("readOnly")
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    claim = _one(
+        docs,
+        "PersistentVolumeClaim",
+        volumes[mount["name"]]["persistentVolumeClaim"]["claimName"],
+    )
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert (
+        claim["metadata"]["labels"]["app.kubernetes.io/component"]
+        == (deployment["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"])
+    )
 
 
 def _mount_of(container: dict[str, Any], path: str) -> dict[str, Any]:
@@ -416,12 +483,50 @@ def _cli_commands() -> set[str]:
     return set(sub.choices) | set(DELEGATED)
 
 
+def _parse_command(args: list[str]) -> argparse.Namespace:
+    """``args`` parsed as ``novaquota ARGS`` would parse them: the top-level parser, or a
+    delegated command's own parser for the rest (``policy run``); raises on what either
+    refuses."""
+    try:
+        if args and args[0] in DELEGATED:
+            return delegated_parsers()[args[0]].parse_args(args[1:])
+        return build_parser().parse_args(args)
+    except SystemExit as exc:  # argparse exits on an unknown command or option
+        raise AssertionError(f"novaquota {' '.join(args)}: not a valid command") from exc
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_every_container_runs_a_real_command(
+    kustomization: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The image's entrypoint is ``novaquota``: each container's args, subcommand and options
+    included, must parse."""
+    docs = _rendered(kustomization)
+    commands = []
+    for _workload, template in _pod_specs(docs):
+        for container in _containers(template):
+            assert "command" not in container, container["name"]  # keep the entrypoint
+            if container["args"][0] == "deliver" and delivery_settings() is None:
+                continue
+            _parse_command(container["args"])
+            commands.append(" ".join(container["args"][:2]))
+    assert {"worker", "topics create", "projections run", "policy run"} <= set(commands)
+    # the check could fail: a subcommand the delegated parser lacks is refused
+    with pytest.raises(AssertionError):
+        _parse_command(["policy", "serve"])
+    with pytest.raises(AssertionError):
+        _parse_command(["policy", "run", "--replicas", "2"])
+    capsys.readouterr()  # argparse's usage messages
+
+
 def _settings_for(container: dict[str, Any]) -> list[type[BaseSettings]]:
     """The settings classes the process a container runs reads (by its command)."""
     command = container["args"][0]
     classes: list[type[BaseSettings]] = [Settings]
     if command == "projections":
         classes.append(ProjectionSettings)
+    elif command == "policy":
+        classes.append(PolicySettings)
     elif command == "deliver":
         delivery = delivery_settings()
         if delivery is None:
@@ -547,7 +652,11 @@ def test_the_files_the_workers_read_and_write_are_on_volumes() -> None:
     for _workload, template in _pod_specs(docs):
         for container in template["spec"]["containers"]:
             env = _env_values(container)
-            for name in ("NOVAQUOTA_DATA_DIR", "NOVAQUOTA_PROJECTIONS_DATA_DIR"):
+            for name in (
+                "NOVAQUOTA_DATA_DIR",
+                "NOVAQUOTA_PROJECTIONS_DATA_DIR",
+                "NOVAQUOTA_POLICY_DATA_DIR",
+            ):
                 if name in env:
                     assert not _mount_of(container, env[name]).get("readOnly"), name
             if "NOVAQUOTA_TOKENS_FILE" in env:
@@ -578,6 +687,17 @@ def test_every_pod_runs_unprivileged_on_a_read_only_root(kustomization: str) -> 
     assert len(images) == 1 and re.fullmatch(r"novaquota:\d+\.\d+\.\d+", images.pop())
 
 
+def test_the_image_tag_is_the_package_version() -> None:
+    kust = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())
+    (image,) = kust["images"]
+    assert image["name"] == "novaquota"
+    assert image["newTag"] == novaquota.__version__
+    for kustomization in KUSTOMIZATIONS:
+        for _workload, template in _pod_specs(_rendered(kustomization)):
+            for c in _containers(template):
+                assert c["image"] == f"novaquota:{novaquota.__version__}", c["name"]
+
+
 def test_the_service_monitor_scrapes_every_worker_under_its_prometheus_job() -> None:
     docs = _rendered("overlays/production")
     (monitor,) = _by_kind(docs, "ServiceMonitor")
@@ -591,6 +711,12 @@ def test_the_service_monitor_scrapes_every_worker_under_its_prometheus_job() -> 
     assert sts["spec"]["serviceName"] in {s["metadata"]["name"] for s in scraped}
     for svc in scraped:
         assert monitor["spec"]["endpoints"][0]["port"] in {p["name"] for p in svc["spec"]["ports"]}
+    # every worker is scraped, each under a job of its own
+    for workload, template in _pod_specs(docs):
+        labels = template["metadata"]["labels"]
+        assert any(_selects(s["spec"]["selector"], labels) for s in scraped), workload["metadata"]
+    assert len(jobs) == len(scraped)
+    assert "novaquota-policy" in jobs
 
 
 def _secret_files(raw: Any) -> Iterator[str]:
