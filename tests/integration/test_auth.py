@@ -101,6 +101,12 @@ ENFORCEMENT: dict[tuple[str, str], Case] = {
     ("GET", "/api/v1/quotas/live"): Case(f"/api/v1/quotas/live?entity_id={B}"),
     ("GET", "/api/v1/quotas/hierarchy"): Case(f"/api/v1/quotas/hierarchy?tenant_id={B}"),
     ("GET", "/api/v1/auth/whoami"): Case("/api/v1/auth/whoami", scope="global"),
+    ("POST", "/api/v1/policies"): Case(
+        "/api/v1/policies",
+        {"name": "b-policy", "version": 1, "rules": []},
+        scope="internal",
+    ),
+    ("DELETE", "/api/v1/policies/{name}"): Case("/api/v1/policies/b-policy", scope="internal"),
     ("GET", "/internal/usage"): Case("/internal/usage", scope="internal"),
     ("GET", "/internal/system"): Case("/internal/system", scope="internal"),
     ("GET", "/"): Case("/", scope="global"),  # Faust's index: {"status": "OK"}
