@@ -247,6 +247,20 @@ def test_readme_tested_blocks_run_and_show_the_walkthrough(readme_run: Run) -> N
         ("token:me", "quota/tenant/acme/cpu")
     ], audit
 
+    # the policies validate, autogrow is loaded and listed from the command topic
+    _, out = run.of("novaquota policy validate")
+    assert "autogrow@1: 1 rule(s) (grow)" in out and "idle-shrink@1" in out, out
+    assert "published policy.set autogrow@1" in out, out
+    assert re.search(r"^autogrow\s+1\s+True\s+grow$", out, re.M), out
+
+    # what-if: with 6 cores acme's over_limit episode of the walkthrough would not have opened
+    _, out = run.of("acme-6-cores.yaml --tenant acme")
+    html = run.outputs.parent / "checkout" / "what-if.html"
+    assert html.read_bytes().startswith(b"<!DOCTYPE html>"), html
+    (summary,) = [d for d in json_documents(out) if "actual" in d]
+    assert summary["actual"]["opened_by_kind"]["over_limit"] >= 1, summary
+    assert summary["proposed"]["opened_by_kind"]["over_limit"] == 0, summary
+
 
 def cpu_row(utilization: dict[str, Any]) -> dict[str, Any]:
     rows = {r["resource_type"]: r for r in utilization["resources"]}
