@@ -38,9 +38,9 @@ from novaquota.projections.replay import (
     emit_report,
     iso,
     log_progress,
-    parse_time,
     replay_log,
     run_cli,
+    time_arg,
 )
 from novaquota.schemas.common import datetime_to_us, parse_rfc3339
 from novaquota.streams.quota.windows import window_bounds
@@ -507,25 +507,18 @@ async def compliance_report(
     return build_report(result, start_us, end_us, step=step, as_of_us=as_of_us)
 
 
-def _time_arg(text: str) -> int:
-    try:
-        return parse_time(text)
-    except ArgumentError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = CliParser(
         prog="novaquota projections report",
         description="Compliance report for a period: violations by kind, time over each limit, "
         "quota and template changes with their actor, grace expiries.",
     )
-    p.add_argument("--start", required=True, type=_time_arg, metavar="T1", help="RFC 3339")
-    p.add_argument("--end", required=True, type=_time_arg, metavar="T2", help="RFC 3339")
+    p.add_argument("--start", required=True, type=time_arg, metavar="T1", help="RFC 3339")
+    p.add_argument("--end", required=True, type=time_arg, metavar="T2", help="RFC 3339")
     p.add_argument("--tenant", metavar="ID", help="only this tenant")
     p.add_argument(
         "--as-of",
-        type=_time_arg,
+        type=time_arg,
         metavar="T",
         help="read the log as it stood at T (RFC 3339; default: all of it, now)",
     )

@@ -90,6 +90,7 @@ __all__ = [
     "replay_log",
     "replay_records",
     "run_cli",
+    "time_arg",
     "write_output",
 ]
 
@@ -1097,7 +1098,8 @@ class CliParser(argparse.ArgumentParser):
         raise ArgumentError(f"{message}\n{self.format_usage().rstrip()}")
 
 
-def _time_arg(text: str) -> int:
+def time_arg(text: str) -> int:
+    """An argparse ``type`` for a time option: RFC 3339 with an offset, or epoch seconds."""
     try:
         return parse_time(text)
     except ArgumentError as exc:
@@ -1112,7 +1114,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="With --what-if FILE --from T1 --until T2: replay a period as it happened and "
         "with proposed quota changes, side by side (docs/replay.md, What-if).",
     )
-    p.add_argument("--until", required=True, type=_time_arg, metavar="T", help="RFC 3339 time")
+    p.add_argument("--until", required=True, type=time_arg, metavar="T", help="RFC 3339 time")
     p.add_argument("--tenant", metavar="ID", help="only this tenant (no system section)")
     add_report_options(p)
     return p

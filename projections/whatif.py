@@ -69,6 +69,7 @@ from novaquota.projections.replay import (
     parse_time,
     read_summary,
     run_cli,
+    time_arg,
 )
 from novaquota.schemas.amounts import from_micros
 from novaquota.schemas.codec import _decode_error, encode
@@ -1780,13 +1781,6 @@ def _cols(c: dict[str, Any] | None) -> dict[str, Any]:
 # --- command line ------------------------------------------------------------------------------
 
 
-def _time_arg(text: str) -> int:
-    try:
-        return parse_time(text)
-    except ArgumentError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = CliParser(
         prog="novaquota replay",
@@ -1805,7 +1799,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--from",
         dest="start",
         required=True,
-        type=_time_arg,
+        type=time_arg,
         metavar="T1",
         help="start of the period (event time, RFC 3339); the proposal holds from here",
     )
@@ -1813,14 +1807,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--until",
         dest="end",
         required=True,
-        type=_time_arg,
+        type=time_arg,
         metavar="T2",
         help="end of the period (event time, RFC 3339, excluded)",
     )
     p.add_argument("--tenant", metavar="ID", help="only this tenant")
     p.add_argument(
         "--as-of",
-        type=_time_arg,
+        type=time_arg,
         metavar="T",
         help="read the log as it stood at T (RFC 3339; default: all of it, now)",
     )

@@ -47,47 +47,9 @@ if [[ "$from" == "any" ]]; then
         echo "promtool.sh: the Debian package could not be fetched; building with Go" >&2
     fi
 fi
-if ! command -v go >/dev/null 2>&1; then
-    for candidate in /usr/local/go/bin/go /usr/lib/go/bin/go; do
-        if [[ -x "$candidate" ]]; then
-            PATH="$(dirname "$candidate"):$PATH"
-            break
-        fi
-    done
-fi
-if ! command -v go >/dev/null 2>&1; then
-    # No Go on this machine: fetch the toolchain itself from the Go module proxy, where each Go
-    # release is published as the module golang.org/toolchain.
-    goversion="${GO_TOOLCHAIN_VERSION:-1.26.8}"
-    goroot="${NOVAQUOTA_TOOLS_DIR:-$HOME/.cache/novaquota}/go-$goversion"
-    if [[ ! -x "$goroot/bin/go" ]]; then
-        arch="$(uname -m)"; case "$arch" in x86_64) arch=amd64;; aarch64|arm64) arch=arm64;; esac
-        url="${GOPROXY_URL:-https://proxy.golang.org}/golang.org/toolchain/@v/v0.0.1-go$goversion.linux-$arch.zip"
-        echo "promtool.sh: no go found; fetching Go $goversion from $url" >&2
-        tmp="$(mktemp -d)"
-        python3 - "$url" "$tmp" "$goroot" <<'PY'
-import os, shutil, sys, urllib.request, zipfile
-url, tmp, goroot = sys.argv[1:]
-zpath = os.path.join(tmp, "go.zip")
-with urllib.request.urlopen(url, timeout=600) as resp, open(zpath, "wb") as out:
-    shutil.copyfileobj(resp, out)
-with zipfile.ZipFile(zpath) as z:
-    z.extractall(tmp)
-base = os.path.join(tmp, "golang.org")  # the zip holds golang.org/toolchain@<version>/...
-(top,) = os.listdir(base)
-src = os.path.join(base, top)
-for root, _dirs, files in os.walk(src):  # module zips keep no file modes
-    if "/bin" in root or "/pkg/tool/" in root:
-        for f in files:
-            os.chmod(os.path.join(root, f), 0o755)
-os.makedirs(os.path.dirname(goroot), exist_ok=True)
-shutil.move(src, goroot)
-PY
-        rm -rf "$tmp"
-    fi
-    PATH="$goroot/bin:$PATH"
-    export GOTOOLCHAIN=local
-fi
+go="$(bash "$(dirname "$0")/go.sh")"  # a Go toolchain, fetched once if the machine has none
+PATH="$(dirname "$go"):$PATH"
+export GOTOOLCHAIN=local
 mkdir -p "$dir"
 echo "promtool.sh: building promtool $version with $(go version) ..." >&2
 GOBIN="$dir" GOFLAGS="${GOFLAGS:-} -trimpath" CGO_ENABLED=0 \
