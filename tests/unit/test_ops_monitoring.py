@@ -84,13 +84,20 @@ def _rules() -> list[dict[str, Any]]:
 def test_scrape_config_covers_workers_and_projections() -> None:
     doc = yaml.safe_load((PROM / "prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in doc["scrape_configs"]}
-    assert set(jobs) == {"novaquota-worker", "novaquota-projections"}
+    assert set(jobs) == {
+        "novaquota-worker",
+        "novaquota-projections",
+        "novaquota-delivery",
+        "novaquota-policy",
+    }
     targets = {
         name: [t for sc in job["static_configs"] for t in sc["targets"]]
         for name, job in jobs.items()
     }
     assert targets["novaquota-worker"] == ["localhost:6066"]
     assert targets["novaquota-projections"] == ["localhost:6067"]
+    assert targets["novaquota-delivery"] == ["localhost:6068"]
+    assert targets["novaquota-policy"] == ["localhost:6069"]
     assert all(job.get("metrics_path", "/metrics") == "/metrics" for job in jobs.values())
     for rule_file in doc["rule_files"]:
         assert (PROM / rule_file).is_file()
