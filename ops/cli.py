@@ -130,6 +130,12 @@ def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     return replay.main(args.rest, settings)
 
 
+def _cmd_deliver(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.delivery import cli
+
+    return cli.main(args.rest, settings)
+
+
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from ops import demo
 
@@ -143,6 +149,7 @@ DELEGATED = {
     "simulate": ("the seeded workload simulator (to Kafka or a JSON-lines file)", _cmd_simulate),
     "projections": ("projection workers: analytics, forecasts, cost, reports", _cmd_projections),
     "replay": ("rebuild state as of a time from the log: an audit report", _cmd_replay),
+    "deliver": ("deliver alerts and violations to webhooks, Slack, PagerDuty, email", _cmd_deliver),
 }
 
 
