@@ -14,12 +14,12 @@ import smtplib
 import ssl
 import time
 from collections.abc import Callable
+from datetime import datetime
 from email.message import EmailMessage
 from email.utils import formatdate
 from typing import Any, Protocol
 
 import aiohttp
-import orjson
 
 from streams.delivery.config import (
     Channel,
@@ -29,7 +29,7 @@ from streams.delivery.config import (
     WebhookChannel,
 )
 from streams.delivery.exceptions import DeliveryError
-from streams.delivery.records import Notification
+from streams.delivery.records import Notification, dumps
 from streams.delivery.signing import signature_headers
 
 __all__ = [
@@ -76,7 +76,7 @@ def webhook_body(n: Notification) -> bytes:
         "summary": n.summary(),
         "event": n.event_json(),
     }
-    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    return dumps(body)
 
 
 def webhook_headers(
@@ -133,7 +133,7 @@ def pagerduty_event(n: Notification, routing_key: str, source: str) -> dict[str,
             "summary": n.summary()[:1024],
             "source": source,
             "severity": _PD_SEVERITY.get(n.severity, "error"),
-            "timestamp": event.get("time"),
+            "timestamp": event["data"].get("detected_at") or event.get("time"),
             "component": n.data.resource_type,
             "group": n.tenant_id,
             "class": n.kind,
@@ -144,6 +144,12 @@ def pagerduty_event(n: Notification, routing_key: str, source: str) -> dict[str,
             },
         },
     }
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    return str(value)
 
 
 def _message_id(key: str) -> str:
@@ -164,7 +170,7 @@ def email_message(n: Notification, cfg: EmailChannel) -> EmailMessage:
     lines = [
         n.summary(),
         "",
-        *(f"{k}: {v}" for k, v in event["data"].items() if v is not None),
+        *(f"{k}: {_text(v)}" for k, v in event["data"].items() if v is not None),
         "",
         f"type: {n.type}",
         f"event id: {event.get('id')}",
@@ -253,7 +259,7 @@ class SlackSender:
         self.session = session
 
     async def attempt(self, n: Notification, attempt: int) -> None:
-        body = orjson.dumps(slack_payload(n))
+        body = dumps(slack_payload(n))
         headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
         await _post(
             self.session, "slack", self.cfg.url.get(), body, headers, self.cfg.timeout_seconds
@@ -273,7 +279,7 @@ class PagerDutySender:
             self.session,
             "pagerduty",
             str(self.cfg.url),
-            orjson.dumps(event),
+            dumps(event),
             headers,
             self.cfg.timeout_seconds,
         )

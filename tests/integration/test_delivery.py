@@ -5,8 +5,6 @@ of everything it writes, a kill -9 mid-batch, and violations made by a real enfo
 from __future__ import annotations
 
 import asyncio
-import json
-from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -241,3 +239,283 @@ def test_every_channel_receives_what_its_routes_say(
     written += [repr(r.headers) for r in dead]
     for secret in (HOOK_KEY, WRONG_KEY, PD_KEY, SLACK_PATH_SECRET):
         assert all(secret not in text for text in written), secret
+
+
+def test_a_receiver_that_fails_three_times_then_succeeds(
+    deliver: Callable[..., tuple[Stack, DeliveryProcess]], receivers: Receivers
+) -> None:
+    receivers.fail_first["flaky"] = 3
+    config = {
+        "retry": _fast_retry(max_attempts=6),
+        "channels": {
+            "flaky": {
+                "type": "webhook",
+                "url": f"{receivers.url}/hook/flaky",
+                "secret": {"env": "HOOK_ACME_KEY"},
+            }
+        },
+        "routes": [{"channels": ["flaky"]}],
+    }
+    stack, proc = deliver(config, _secrets_env())
+    _produce(stack, "quota-alerts", [alert_record("acme-1", "a-flaky")])
+    proc.start()
+    stack.wait_for(lambda: receivers.hook_keys_seen("flaky"), timeout=60)
+    stack.wait_for(
+        lambda: proc.metric("delivery_sent_total", channel="flaky", outcome="delivered") == 1,
+        timeout=30,
+    )
+    assert receivers.hook_keys_seen("flaky") == ["quota.alert:a-flaky"]
+    assert receivers.requests["flaky"] == 4
+    assert proc.metric("delivery_attempts_total", channel="flaky", result="retryable_error") == 3
+    assert proc.metric("delivery_attempts_total", channel="flaky", result="ok") == 1
+    assert proc.metric("delivery_dead_letter_total", channel="flaky") == 0
+    assert stack.consume("delivery-dead-letter", timeout=5, idle=1) == []
+
+
+def test_a_channel_that_stays_down_goes_to_the_dead_letter_topic_and_the_rest_goes_on(
+    deliver: Callable[..., tuple[Stack, DeliveryProcess]], receivers: Receivers
+) -> None:
+    receivers.down.add("down")
+    n = 40
+    config = {
+        "retry": _fast_retry(max_attempts=3),
+        "channels": {
+            "down": {
+                "type": "webhook",
+                "url": f"{receivers.url}/hook/down",
+                "secret": {"env": "HOOK_ACME_KEY"},
+            },
+            # nothing listens there: connection refused on every attempt
+            "nowhere": {
+                "type": "slack",
+                "url": {"env": "SLACK_NOWHERE"},
+                "retry": _fast_retry(max_attempts=2),
+            },
+            # the fake PagerDuty answers 400 to an unknown routing key: no retry
+            "pager-wrong-key": {
+                "type": "pagerduty",
+                "routing_key": {"env": "PD_WRONG"},
+                "url": f"{receivers.url}/pd/v2/enqueue",
+            },
+            "all": {
+                "type": "webhook",
+                "url": f"{receivers.url}/hook/all",
+                "secret": {"env": "HOOK_ACME_KEY"},
+                "rate_limit": {"per_second": 20, "burst": 5},
+            },
+        },
+        "routes": [
+            {"channels": ["all"]},
+            {"tenant_ids": ["t-0"], "channels": ["down", "nowhere", "pager-wrong-key"]},
+        ],
+    }
+    env = {
+        **_secrets_env(),
+        "SLACK_NOWHERE": f"http://127.0.0.1:{receivers.smtp_port + 1}/{SLACK_PATH_SECRET}",
+        "PD_WRONG": "pd-wrong-routing-key-XYZ",
+    }
+    stack, proc = deliver(config, env)
+    _produce(stack, "quota-alerts", [alert_record(f"t-{i % 4}", f"a-{i}") for i in range(n)])
+    proc.start()
+    # t-0 has n/4 records, each dead-lettered on three channels
+    expected_dead = 3 * (n // 4)
+    dead = stack.wait_for(
+        lambda: (
+            d
+            if len(d := stack.consume("delivery-dead-letter", expect=expected_dead, timeout=10))
+            >= expected_dead
+            else None
+        ),
+        timeout=120,
+    )
+    stack.wait_for(lambda: len(receivers.hook_keys_seen("all")) >= n, timeout=60)
+    assert sorted(receivers.hook_keys_seen("all")) == sorted(f"quota.alert:a-{i}" for i in range(n))
+
+    per_channel: dict[str, list[dict[str, bytes]]] = {}
+    for r in dead:
+        h = dict(r.headers)
+        per_channel.setdefault(h["delivery.channel"].decode(), []).append(h)
+    assert {c: len(v) for c, v in per_channel.items()} == {
+        "down": n // 4,
+        "nowhere": n // 4,
+        "pager-wrong-key": n // 4,
+    }
+    assert {h["delivery.attempts"] for h in per_channel["down"]} == {b"3"}
+    assert {h["delivery.error"] for h in per_channel["down"]} == {b"webhook: HTTP 503"}
+    assert {h["delivery.attempts"] for h in per_channel["nowhere"]} == {b"2"}
+    assert {h["delivery.error"] for h in per_channel["nowhere"]} == {
+        b"slack: request failed (ClientConnectorError)"
+    }
+    assert {h["delivery.attempts"] for h in per_channel["pager-wrong-key"]} == {b"1"}
+    assert {h["delivery.error"] for h in per_channel["pager-wrong-key"]} == {b"pagerduty: HTTP 400"}
+    assert sorted(h["delivery.idempotency_key"].decode() for h in per_channel["down"]) == sorted(
+        f"quota.alert:a-{i}" for i in range(0, n, 4)
+    )
+    assert receivers.requests["down"] == 3 * (n // 4)
+    assert proc.metric("delivery_dead_letter_total", channel="down") == n // 4
+    assert proc.metric("delivery_sent_total", channel="down", outcome="dead_lettered") == n // 4
+    assert proc.metric("delivery_attempts_total", channel="down", result="retryable_error") == (
+        3 * (n // 4)
+    )
+
+    # the rate limit: in any one-second span the receiver saw at most burst + rate requests
+    times = sorted(receivers.hook_times["all"])
+    busiest = max(sum(1 for u in times if t <= u < t + 1.0) for t in times)
+    print(f"\nrate limit 20/s burst 5: at most {busiest} requests in any 1 s span")
+    assert busiest <= 5 + 20 + 2  # burst + rate x 1 s, +2 for jitter between send and arrival
+    assert proc.metric("delivery_rate_limited_seconds_total", channel="all") > 0
+
+    written = [proc.get("/metrics")[1], proc.get("/healthz")[1]]
+    proc.stop()
+    written.append(proc.log_path.read_text(errors="replace"))
+    written += [repr(r.headers) for r in dead]
+    for secret in (HOOK_KEY, SLACK_PATH_SECRET, "pd-wrong-routing-key-XYZ"):
+        assert all(secret not in text for text in written), secret
+
+
+def test_kill_9_mid_batch_then_restart_delivers_everything_at_least_once(
+    deliver: Callable[..., tuple[Stack, DeliveryProcess]],
+    receivers: Receivers,
+    stack_factory: Callable[..., Stack],
+) -> None:
+    n = 120  # violations (each with its resolve) and as many alerts
+    config = {
+        "retry": _fast_retry(),
+        "channels": {
+            "all": {
+                "type": "webhook",
+                "url": f"{receivers.url}/hook/all",
+                "secret": {"env": "HOOK_ACME_KEY"},
+                "rate_limit": {"per_second": 60, "burst": 10},
+            },
+            "pager": {
+                "type": "pagerduty",
+                "routing_key": {"env": "PD_KEY"},
+                "url": f"{receivers.url}/pd/v2/enqueue",
+                "rate_limit": {"per_second": 60, "burst": 10},
+            },
+        },
+        "routes": [
+            {"channels": ["all"]},
+            {"types": ["quota.violation", "quota.violation_resolved"], "channels": ["pager"]},
+        ],
+    }
+    stack, first = deliver(config, _secrets_env(), stack=stack_factory(4))
+    violations = [violation_record(f"k-{i % 8}", f"v-{i}", t=i) for i in range(n)]
+    resolves = [resolved_record(f"k-{i % 8}", f"v-{i}", t=i + 30) for i in range(n)]
+    # a tenant's violations and resolves share a partition: each resolve after its trigger
+    ordered = [r for pair in zip(violations, resolves, strict=True) for r in pair]
+    _produce(stack, "quota-violations", ordered)
+    _produce(stack, "quota-alerts", [alert_record(f"k-{i % 8}", f"a-{i}") for i in range(n)])
+    expected = {f"quota.violation:v-{i}" for i in range(n)}
+    expected |= {f"quota.violation_resolved:v-{i}" for i in range(n)}
+    expected |= {f"quota.alert:a-{i}" for i in range(n)}
+
+    first.start()
+    stack.wait_for(lambda: len(receivers.hook_keys_seen("all")) >= len(expected) // 3, timeout=120)
+    first.kill9()
+    at_kill = len(receivers.hook_keys_seen("all"))
+    assert at_kill < len(expected), "the kill came after the whole batch"
+
+    _, second = deliver(config, _secrets_env(), stack=stack)
+    second.start()
+    stack.wait_for(lambda: set(receivers.hook_keys_seen("all")) >= expected, timeout=180)
+    stack.wait_for(
+        lambda: (
+            {(e["event_action"], e["dedup_key"]) for e in receivers.pd_events()}
+            >= {(a, f"v-{i}") for i in range(n) for a in ("trigger", "resolve")}
+        ),
+        timeout=120,
+    )
+    stack.wait_for(lambda: second.health().get("in_flight") == 0, timeout=60)
+    second.stop()
+
+    hook = receivers.hook_keys_seen("all")
+    assert set(hook) == expected  # nothing lost, nothing invented
+    pd = receivers.pd_events()
+    by_key: dict[str, list[str]] = {}
+    for e in pd:
+        by_key.setdefault(e["dedup_key"], []).append(e["event_action"])
+    assert set(by_key) == {f"v-{i}" for i in range(n)}
+    for key, actions in by_key.items():
+        # every resolve matched to its trigger, and a redelivered trigger is followed by its
+        # resolve again: the incident ends resolved
+        assert actions[0] == "trigger" and actions[-1] == "resolve", (key, actions)
+    hook_dupes = len(hook) - len(set(hook))
+    pd_dupes = len(pd) - 2 * n
+    print(
+        f"\nkill -9 after {at_kill} of {len(expected)} webhook deliveries: duplicates that "
+        f"reached the receivers: webhook {hook_dupes}, pagerduty {pd_dupes}"
+    )
+    assert hook_dupes >= 0 and pd_dupes >= 0
+
+
+def test_violations_of_a_real_enforcement_worker_reach_pagerduty_and_the_webhook(
+    deliver: Callable[..., tuple[Stack, DeliveryProcess]],
+    receivers: Receivers,
+    stack_factory: Callable[..., Stack],
+) -> None:
+    stack = stack_factory(4)
+    stack.start_worker()
+    config = {
+        "retry": _fast_retry(),
+        "channels": {
+            "pager": {
+                "type": "pagerduty",
+                "routing_key": {"env": "PD_KEY"},
+                "url": f"{receivers.url}/pd/v2/enqueue",
+            },
+            "acme": {
+                "type": "webhook",
+                "url": f"{receivers.url}/hook/acme",
+                "secret": {"env": "HOOK_ACME_KEY"},
+            },
+        },
+        "routes": [
+            {
+                "min_severity": "critical",
+                "types": ["quota.violation", "quota.violation_resolved"],
+                "channels": ["pager"],
+            },
+            {"tenant_ids": ["acme"], "channels": ["acme"]},
+        ],
+    }
+    _, proc = deliver(config, _secrets_env(), stack=stack)
+    proc.start()
+    quota = {
+        "level": "tenant",
+        "entity_id": "acme",
+        "tenant_id": "acme",
+        "resource_type": "cpu",
+        "limit": 4,
+    }
+    stack.produce("quota-commands", [command("quota.set", quota, t=0)])
+    stack.wait_for(lambda: stack.get("/api/v1/quotas?entity_id=acme")[1]["quotas"])
+    stack.produce(
+        "resource-events",
+        [
+            vm_created("acme", "a", cpu=3, t=10),  # 75 %
+            vm_created("acme", "b", cpu=2, t=20),  # 125 %: over_limit, threshold alerts
+            vm_deleted("acme", "b", t=30),  # resolved
+        ],
+    )
+    out = stack.wait_for(
+        lambda: o if len(o := stack.outputs("quota-violations", idle=1)) >= 2 else None
+    )
+    vid = out[0]["data"]["violation_id"]
+    assert [e["type"] for e in out] == ["quota.violation", "quota.violation_resolved"]
+    alerts = stack.outputs("quota-alerts", idle=1)
+    assert alerts, "the enforcement worker wrote no alert"
+    stack.wait_for(
+        lambda: (
+            [(e["event_action"], e["dedup_key"]) for e in receivers.pd_events()]
+            == [("trigger", vid), ("resolve", vid)]
+        ),
+        timeout=60,
+    )
+    want = {f"quota.violation:{vid}", f"quota.violation_resolved:{vid}"}
+    want |= {f"quota.alert:{a['data']['alert_id']}" for a in alerts}
+    stack.wait_for(lambda: set(receivers.hook_keys_seen("acme")) == want, timeout=60)
+    payload = next(p for p in receivers.hooks["acme"] if p["type"] == "quota.violation")
+    assert payload["event"]["data"]["usage"] == 5 and payload["event"]["data"]["limit"] == 4
+    assert payload["event"]["id"] == out[0]["id"]
