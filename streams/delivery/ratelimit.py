@@ -40,8 +40,8 @@ class TokenBucket:
         """Take a token and return 0.0, or take nothing and return the seconds until one is
         there."""
         self._refill(self._clock() if now is None else now)
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        if self._tokens >= 1.0 - 1e-9:  # float sums of refills must not starve a taker
+            self._tokens = max(0.0, self._tokens - 1.0)
             return 0.0
         return (1.0 - self._tokens) / self.rate
 
