@@ -47,6 +47,12 @@ class DeliveryMetrics:
             ["reason"],
             registry=r,
         )
+        self.skipped = Counter(
+            "delivery_skipped",
+            "Deliveries not sent again after a restart: the last commit marked them done",
+            ["channel"],
+            registry=r,
+        )
         self.lag = Histogram(
             "delivery_lag_seconds",
             "Record timestamp on its topic to delivered or dead-lettered (wall clock)",

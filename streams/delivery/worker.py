@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections import deque
@@ -21,6 +22,7 @@ from typing import Any
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
@@ -37,7 +39,7 @@ from streams.delivery.routing import channels_for
 from streams.delivery.settings import DeliverySettings
 from streams.settings import Settings
 
-__all__ = ["DeliveryWorker", "Redactor"]
+__all__ = ["DeliveryWorker", "Redactor", "decode_marks", "encode_marks"]
 
 log = logging.getLogger("novaquota.delivery")
 
@@ -58,29 +60,60 @@ class Redactor:
 
 @dataclass
 class _Entry:
-    """One record of a partition: done once every routed channel is done with it."""
+    """One record of a partition: done once every channel it was routed to is done with it."""
 
     offset: int
-    remaining: int
+    pending: set[str]
 
     @property
     def done(self) -> bool:
-        return self.remaining <= 0
+        return not self.pending
+
+    def finish(self, channel: str) -> None:
+        self.pending.discard(channel)
+
+
+#: Commit metadata stays well below the broker's ``offset.metadata.max.bytes`` (4096).
+MAX_METADATA_BYTES = 3000
+
+#: Inclusive offset ranges, sorted and disjoint.
+Ranges = list[tuple[int, int]]
+
+
+def _merge(ranges: Iterable[tuple[int, int]]) -> Ranges:
+    out: Ranges = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
 
 
 class _Partition:
-    """The records of one partition in offset order; the commit point is the first not done."""
+    """The records of one partition in offset order; the commit point is the first not done.
 
-    def __init__(self) -> None:
+    Besides the offset, a commit records per channel which records past the commit point are
+    already done on that channel (``channel_marks``, offset ranges in the commit metadata): a
+    worker that reads them again after a crash sends them only to the channels where they were
+    not done yet (``skip``)."""
+
+    def __init__(self, skip: dict[str, Ranges] | None = None) -> None:
         self.entries: deque[_Entry] = deque()
         self.next_offset: int | None = None  # one past the last record read
         self.committed: int | None = None
+        self.committed_marks: dict[str, Ranges] = {}
+        #: channel -> offset ranges an earlier worker had done there
+        self.skip: dict[str, Ranges] = {ch: _merge(r) for ch, r in (skip or {}).items()}
 
-    def add(self, offset: int, remaining: int) -> _Entry:
-        entry = _Entry(offset, remaining)
+    def add(self, offset: int, channels: Iterable[str]) -> _Entry:
+        entry = _Entry(offset, set(channels))
         self.entries.append(entry)
         self.next_offset = offset + 1
         return entry
+
+    def already_done(self, channel: str, offset: int) -> bool:
+        return any(lo <= offset <= hi for lo, hi in self.skip.get(channel, ()))
 
     def commit_point(self) -> int | None:
         while self.entries and self.entries[0].done:
@@ -89,9 +122,77 @@ class _Partition:
             return self.entries[0].offset
         return self.next_offset
 
+    def channel_marks(self, channels: Iterable[str]) -> dict[str, Ranges]:
+        """Per channel, the ranges of records from the commit point on that are done on it
+        (consecutive records read, done or not routed there), with what an earlier worker had
+        done (``skip``)."""
+        point = self.commit_point()
+        if point is None:
+            return {}
+        marks: dict[str, Ranges] = {}
+        for ch in channels:
+            runs: Ranges = []
+            start = last = -1
+            for entry in self.entries:
+                if ch in entry.pending:
+                    if start >= 0:
+                        runs.append((start, last))
+                    start = -1
+                    continue
+                if start < 0:
+                    start = entry.offset
+                last = entry.offset
+            if start >= 0:
+                runs.append((start, last))
+            ranges = [
+                (max(lo, point), hi)
+                for lo, hi in _merge(runs + self.skip.get(ch, []))
+                if hi >= point
+            ]
+            if ranges:
+                marks[ch] = ranges
+        return marks
+
     @property
     def in_flight(self) -> int:
         return sum(1 for e in self.entries if not e.done)
+
+
+def encode_marks(marks: dict[str, Ranges]) -> str:
+    """Commit metadata; when too long, the highest ranges are left out (a left-out record is
+    only sent again, never lost)."""
+    marks = {ch: list(r) for ch, r in marks.items() if r}
+    while marks:
+        doc = {"v": 1, "done": {ch: [list(x) for x in r] for ch, r in marks.items()}}
+        text = json.dumps(doc, separators=(",", ":"), sort_keys=True)
+        if len(text.encode()) <= MAX_METADATA_BYTES:
+            return text
+        longest = max(marks, key=lambda ch: (len(marks[ch]), ch))
+        marks[longest].pop()
+        if not marks[longest]:
+            del marks[longest]
+    return ""
+
+
+def decode_marks(metadata: str | None) -> dict[str, Ranges]:
+    """Tolerant: metadata someone else wrote (or none) means no marks."""
+    if not metadata:
+        return {}
+    try:
+        doc = json.loads(metadata)
+        done = doc["done"] if isinstance(doc, dict) and doc.get("v") == 1 else {}
+        out: dict[str, Ranges] = {}
+        for ch, ranges in done.items():
+            good = [
+                (int(lo), int(hi))
+                for lo, hi in ranges
+                if type(lo) is int and type(hi) is int and 0 <= lo <= hi
+            ]
+            if good:
+                out[str(ch)] = _merge(good)
+        return out
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return {}
 
 
 @dataclass
@@ -242,7 +343,7 @@ class DeliveryWorker:
             n = parse_record(record.value)
         except DecodeError as exc:
             self.metrics.invalid.labels(exc.reason).inc()
-            entry = part.add(record.offset, 1)
+            entry = part.add(record.offset, ["-"])
             error = self.redact(f"undecodable ({exc.reason}): {exc}")
             log.error(
                 "undecodable record at %s[%d]@%d goes to the delivery dead-letter topic: %s",
@@ -263,10 +364,14 @@ class DeliveryWorker:
         )
         if not names:
             self.metrics.unrouted.labels(n.type).inc()
-            part.add(record.offset, 0)
+            part.add(record.offset, ())
             return
-        entry = part.add(record.offset, len(names))
+        todo = [name for name in names if not part.already_done(name, record.offset)]
         for name in names:
+            if name not in todo:
+                self.metrics.skipped.labels(name).inc()
+        entry = part.add(record.offset, todo)
+        for name in todo:
             self._spawn(self._deliver(self.channels[name], n, record, entry))
 
     def _spawn(self, coro: Any) -> None:
@@ -289,7 +394,7 @@ class DeliveryWorker:
             if outcome.delivered:
                 self.metrics.sent.labels(ch.name, "delivered").inc()
                 self._observe_done(ch.name, record)
-                entry.remaining -= 1
+                entry.finish(ch.name)
             else:
                 log.error(
                     "%s to channel %s given up after %d attempt(s): %s; written to %s",
@@ -390,7 +495,7 @@ class DeliveryWorker:
         if channel != "-":
             self.metrics.sent.labels(channel, "dead_lettered").inc()
         self._observe_done(channel, record)
-        entry.remaining -= 1
+        entry.finish(channel)
 
     def _observe_done(self, channel: str, record: ConsumerRecord[Any, Any]) -> None:
         if record.timestamp and record.timestamp > 0:
@@ -409,8 +514,9 @@ class DeliveryWorker:
             if part is None:
                 continue
             point = part.commit_point()
-            if point is not None and point != part.committed:
-                offsets[tp] = OffsetAndMetadata(point, "")
+            marks = part.channel_marks(self.channels)
+            if point is not None and (point != part.committed or marks != part.committed_marks):
+                offsets[tp] = OffsetAndMetadata(point, encode_marks(marks))
         if not offsets:
             return
         try:
@@ -420,6 +526,27 @@ class DeliveryWorker:
             return
         for tp, om in offsets.items():
             self.partitions[tp].committed = om.offset
+            self.partitions[tp].committed_marks = decode_marks(om.metadata)
+
+    async def load_marks(self, tps: Iterable[TopicPartition]) -> None:
+        """A fresh partition per assigned one, with the channel marks of the last commit."""
+        tps = list(tps)
+        committed: dict[TopicPartition, OffsetAndMetadata] = {}
+        if tps:
+            admin = AIOKafkaAdminClient(**self.settings.kafka_client_config())
+            try:
+                await admin.start()
+                committed = await admin.list_consumer_group_offsets(
+                    self.dsettings.group(self.settings), partitions=tps
+                )
+            except KafkaError as exc:  # no marks: everything uncommitted is sent again
+                log.warning("reading the committed channel marks failed (%s)", type(exc).__name__)
+            finally:
+                await admin.close()
+        for tp in tps:
+            om = committed.get(tp)
+            skip = decode_marks(om.metadata) if om is not None and om.offset >= 0 else {}
+            self.partitions[tp] = _Partition(skip)
 
     def _observe_lag(self) -> None:
         assert self.consumer is not None
@@ -462,5 +589,4 @@ class _Rebalance(ConsumerRebalanceListener):
         self.worker._paused = False  # the next assignment starts unpaused
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        for tp in assigned:
-            self.worker.partitions.pop(tp, None)  # start clean from the committed offset
+        await self.worker.load_marks(assigned)  # start clean from the committed offset

@@ -33,7 +33,7 @@ from streams.delivery.ratelimit import TokenBucket
 from streams.delivery.records import parse_record
 from streams.delivery.routing import channels_for
 from streams.delivery.signing import sign, verify
-from streams.delivery.worker import Redactor, _Partition
+from streams.delivery.worker import Redactor, _Partition, decode_marks, encode_marks
 from tests.support.delivery import alert_record, resolved_record, violation_record
 
 REPO = Path(__file__).resolve().parents[2]
@@ -431,13 +431,67 @@ def test_redactor_removes_every_secret() -> None:
 def test_the_commit_point_is_the_first_record_not_done() -> None:
     part = _Partition()
     assert part.commit_point() is None
-    entries = [part.add(offset, 1) for offset in (10, 11, 12)]
+    entries = [part.add(offset, ["a"]) for offset in (10, 11, 12)]
     assert part.commit_point() == 10
-    entries[1].remaining -= 1  # done out of order: the commit waits for offset 10
+    entries[1].finish("a")  # done out of order: the commit waits for offset 10
     assert part.commit_point() == 10 and part.in_flight == 2
-    entries[0].remaining -= 1
+    entries[0].finish("a")
     assert part.commit_point() == 12
-    entries[2].remaining -= 1
+    entries[2].finish("a")
     assert part.commit_point() == 13
-    part.add(13, 0)  # unrouted: done at once
+    part.add(13, ())  # unrouted: done at once
     assert part.commit_point() == 14 and part.in_flight == 0
+
+
+def test_channel_marks_say_what_each_channel_has_done_past_the_commit_point() -> None:
+    part = _Partition()
+    e10 = part.add(10, ["slow", "fast"])
+    e11 = part.add(11, ["slow", "fast"])
+    e12 = part.add(12, ["slow", "fast"])
+    part.add(13, ["slow"])
+    e10.finish("fast")
+    e12.finish("fast")
+    assert part.commit_point() == 10
+    # fast: 10 done, 11 pending, 12 done and 13 not routed to it
+    assert part.channel_marks(["slow", "fast", "idle"]) == {
+        "fast": [(10, 10), (12, 13)],
+        "idle": [(10, 13)],
+    }
+    e10.finish("slow")
+    e11.finish("fast")
+    assert part.commit_point() == 11
+    assert part.channel_marks(["slow", "fast"]) == {"fast": [(11, 13)]}
+    marks = {"fast": [(11, 13)], "slow": [(20, 25), (30, 30)]}
+    assert decode_marks(encode_marks(marks)) == marks
+
+
+def test_a_restarted_worker_skips_what_the_last_commit_marked_done() -> None:
+    part = _Partition(skip=decode_marks(encode_marks({"fast": [(10, 10), (12, 14)]})))
+    assert [part.already_done("fast", o) for o in range(9, 16)] == [
+        False,
+        True,
+        False,
+        True,
+        True,
+        True,
+        False,
+    ]
+    assert not part.already_done("slow", 10)
+    part.add(10, ["slow"])  # fast skipped for 10
+    part.add(11, ["slow", "fast"])
+    # nothing read past 11 yet: the earlier worker's ranges still hold
+    assert part.channel_marks(["slow", "fast"]) == {"fast": [(10, 10), (12, 14)]}
+
+
+def test_commit_metadata_is_tolerant_and_bounded() -> None:
+    for junk in (None, "", "x", "[]", '{"v": 2, "done": {"a": [[1, 2]]}}', '{"v": 1, "done": 3}'):
+        assert decode_marks(junk) == {}
+    assert decode_marks('{"v": 1, "done": {"a": [[1, 2], [5, 4], ["x", 1]], "b": []}}') == {
+        "a": [(1, 2)]
+    }
+    assert encode_marks({}) == ""
+    many = {"ch": [(i * 3, i * 3 + 1) for i in range(1000)]}
+    text = encode_marks(many)
+    assert 0 < len(text) <= 3000
+    kept = decode_marks(text)["ch"]
+    assert kept == many["ch"][: len(kept)]  # the lowest ranges kept, the highest left out
