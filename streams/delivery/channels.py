@@ -285,17 +285,20 @@ class PagerDutySender:
         )
 
 
+def _tls(cfg: EmailChannel) -> ssl.SSLContext:
+    cafile = str(cfg.ca_file) if cfg.ca_file is not None else None
+    return ssl.create_default_context(cafile=cafile)  # verifies the certificate and host name
+
+
 def _smtp_send(cfg: EmailChannel, msg: EmailMessage) -> None:
     smtp: smtplib.SMTP
     if cfg.ssl:
-        smtp = smtplib.SMTP_SSL(
-            cfg.host, cfg.port, timeout=cfg.timeout_seconds, context=ssl.create_default_context()
-        )
+        smtp = smtplib.SMTP_SSL(cfg.host, cfg.port, timeout=cfg.timeout_seconds, context=_tls(cfg))
     else:
         smtp = smtplib.SMTP(cfg.host, cfg.port, timeout=cfg.timeout_seconds)
     with smtp:
         if cfg.starttls:
-            smtp.starttls(context=ssl.create_default_context())
+            smtp.starttls(context=_tls(cfg))
         if cfg.username is not None and cfg.password is not None:
             smtp.login(cfg.username, cfg.password.get())
         smtp.send_message(msg)
@@ -324,6 +327,10 @@ class EmailSender:
             code = int(exc.smtp_code)
             raise DeliveryError(
                 f"email: SMTP {code} ({type(exc).__name__})", retryable=not 500 <= code < 600
+            ) from None
+        except ssl.SSLCertVerificationError:
+            raise DeliveryError(
+                "email: the server's certificate is not trusted (see ca_file)", retryable=False
             ) from None
         except (smtplib.SMTPException, OSError) as exc:
             raise DeliveryError(f"email: {type(exc).__name__}", retryable=True) from None

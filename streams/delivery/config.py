@@ -224,6 +224,8 @@ class EmailChannel(_ChannelBase):
     starttls: bool = False
     #: implicit TLS from the first byte (SMTPS, usually port 465)
     ssl: bool = False
+    #: CA certificates (PEM) that sign the server's certificate, when not a public CA
+    ca_file: Path | None = None
     username: str | None = None
     password: SecretRef | None = None
     sender: str = Field(alias="from", min_length=3)
@@ -366,6 +368,11 @@ def parse_config(
     for name, channel in config.channels.items():
         for field, ref in channel.secrets():
             ref.resolve(f"{origin}: channels.{name}.{field}", base_dir, env)
+        if isinstance(channel, EmailChannel) and channel.ca_file is not None:
+            ca = channel.ca_file if channel.ca_file.is_absolute() else base_dir / channel.ca_file
+            if not ca.is_file():
+                raise ConfigError(f"{origin}: channels.{name}.ca_file: {ca} is not a file")
+            channel.ca_file = ca
         if isinstance(channel, SlackChannel) and not channel.url.get().startswith(
             ("https://", "http://")
         ):

@@ -16,8 +16,10 @@ from tests.integration.conftest import Stack
 from tests.support.delivery import (
     DeliveryProcess,
     Receivers,
+    SecureSmtp,
     alert_record,
     resolved_record,
+    tls_certificate,
     violation_record,
 )
 from tests.support.events import command, vm_created, vm_deleted
@@ -521,3 +523,53 @@ def test_violations_of_a_real_enforcement_worker_reach_pagerduty_and_the_webhook
     payload = next(p for p in receivers.hooks["acme"] if p["type"] == "quota.violation")
     assert payload["event"]["data"]["usage"] == 5 and payload["event"]["data"]["limit"] == 4
     assert payload["event"]["id"] == out[0]["id"]
+
+
+def test_email_over_starttls_with_a_login(
+    deliver: Callable[..., tuple[Stack, DeliveryProcess]], tmp_path: Path
+) -> None:
+    cert, key = tls_certificate(tmp_path)
+    base = {
+        "type": "email",
+        "host": "127.0.0.1",
+        "starttls": True,
+        "ca_file": str(cert),
+        "username": "novaquota",
+        "from": "quota@example.com",
+        "to": ["oncall@example.com"],
+    }
+    with SecureSmtp(cert, key, user="novaquota", password=SMTP_PASSWORD) as smtp:
+        config = {
+            "retry": _fast_retry(),
+            "channels": {
+                "mail": {**base, "port": smtp.port, "password": {"env": "SMTP_PASSWORD"}},
+                "mail-wrong": {**base, "port": smtp.port, "password": {"env": "SMTP_WRONG"}},
+            },
+            "routes": [
+                {"tenant_ids": ["good"], "channels": ["mail"]},
+                {"tenant_ids": ["bad"], "channels": ["mail-wrong"]},
+            ],
+        }
+        env = {**_secrets_env(), "SMTP_WRONG": "not-the-password-42"}
+        stack, proc = deliver(config, env)
+        _produce(
+            stack, "quota-alerts", [alert_record("good", "a-good"), alert_record("bad", "a-bad")]
+        )
+        proc.start()
+        dead = stack.wait_for(
+            lambda: stack.consume("delivery-dead-letter", expect=1, timeout=5), timeout=60
+        )
+        stack.wait_for(lambda: smtp.mails, timeout=60)
+        assert [str(m["X-Novaquota-Idempotency-Key"]) for m in smtp.mails] == ["quota.alert:a-good"]
+        # one good login; smtplib tries each mechanism the server offers with the wrong one
+        assert [ok for _, ok in smtp.logins].count(True) == 1
+        assert ("novaquota", True) in smtp.logins
+        headers = dict(dead[0].headers)
+        assert headers["delivery.channel"] == b"mail-wrong"
+        assert headers["delivery.attempts"] == b"1"  # a refused login is not retried
+        assert headers["delivery.error"] == b"email: SMTP 535 (SMTPAuthenticationError)"
+        written = [proc.get("/metrics")[1]]
+        proc.stop()
+    written += [proc.log_path.read_text(errors="replace"), repr(dead[0].headers)]
+    for secret in (SMTP_PASSWORD, "not-the-password-42"):
+        assert all(secret not in text for text in written), secret

@@ -166,6 +166,23 @@ def test_email_options_that_exclude_each_other() -> None:
     assert "channels.m.to: not mail addresses: nobody" in _error(raw)
 
 
+def test_an_email_ca_file_must_exist(tmp_path: Path) -> None:
+    mail = {
+        "type": "email",
+        "host": "smtp.example.com",
+        "starttls": True,
+        "ca_file": "ca.pem",
+        "from": "a@example.com",
+        "to": ["b@example.com"],
+    }
+    raw = {"channels": {"m": mail}, "routes": [{"channels": ["m"]}]}
+    with pytest.raises(ConfigError, match=r"channels.m.ca_file: .*ca.pem is not a file"):
+        parse_config(raw, base_dir=tmp_path, environ={})
+    (tmp_path / "ca.pem").write_text("pem")
+    config = parse_config(raw, base_dir=tmp_path, environ={})
+    assert config.channels["m"].ca_file == tmp_path / "ca.pem"  # type: ignore[union-attr]
+
+
 def test_a_slack_secret_must_be_a_url() -> None:
     raw = {
         "channels": {"s": {"type": "slack", "url": {"env": "K"}}},
