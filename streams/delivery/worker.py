@@ -105,6 +105,8 @@ class _Partition:
         self.committed_marks: dict[str, Ranges] = {}
         #: channel -> offset ranges an earlier worker had done there
         self.skip: dict[str, Ranges] = {ch: _merge(r) for ch, r in (skip or {}).items()}
+        #: deliveries in progress for records of this partition
+        self.tasks: set[asyncio.Task[None]] = set()
 
     def add(self, offset: int, channels: Iterable[str]) -> _Entry:
         entry = _Entry(offset, set(channels))
@@ -281,7 +283,8 @@ class DeliveryWorker:
         while not stop.is_set():
             self._flow_control()
             try:
-                batch = await self.consumer.getmany(timeout_ms=200, max_records=500)
+                room = max(1, self.dsettings.max_in_flight - self.in_flight)
+                batch = await self.consumer.getmany(timeout_ms=200, max_records=min(500, room))
             except KafkaError as exc:
                 log.warning("fetch failed, retrying: %s", type(exc).__name__)
                 await asyncio.sleep(1.0)
@@ -353,7 +356,7 @@ class DeliveryWorker:
                 error,
             )
             outcome = _Outcome(False, 0, int(time.time() * 1e6), error)
-            self._spawn(self._dead_letter_then_done(record, "-", outcome, entry))
+            self._spawn(part, self._dead_letter_then_done(record, "-", outcome, entry))
             return
         names = channels_for(
             self.config.routes,
@@ -372,12 +375,14 @@ class DeliveryWorker:
                 self.metrics.skipped.labels(name).inc()
         entry = part.add(record.offset, todo)
         for name in todo:
-            self._spawn(self._deliver(self.channels[name], n, record, entry))
+            self._spawn(part, self._deliver(self.channels[name], n, record, entry))
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, part: _Partition, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
         self.tasks.add(task)
+        part.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(part.tasks.discard)
 
     # --- delivering --------------------------------------------------------------------------
 
@@ -560,9 +565,21 @@ class DeliveryWorker:
         for topic, value in lag.items():
             self.metrics.consumer_lag.labels(topic).set(value)
 
-    def forget(self, tps: Iterable[TopicPartition]) -> None:
+    async def release(self, tps: Iterable[TopicPartition]) -> None:
+        """Partitions leave this worker: commit what is done, stop their deliveries (the new
+        owner sends what was not done, skipping what the commit marks done)."""
+        tps = list(tps)
+        with contextlib.suppress(KafkaError):
+            await self.commit(tps)
+        tasks: list[asyncio.Task[None]] = []
         for tp in tps:
-            self.partitions.pop(tp, None)
+            part = self.partitions.pop(tp, None)
+            if part is not None:
+                tasks.extend(part.tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     def health(self) -> dict[str, Any]:
         assigned = self.consumer.assignment() if self.consumer is not None else set()
@@ -582,10 +599,7 @@ class _Rebalance(ConsumerRebalanceListener):
         self.worker = worker
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        revoked = list(revoked)
-        with contextlib.suppress(KafkaError):
-            await self.worker.commit(revoked)
-        self.worker.forget(revoked)
+        await self.worker.release(revoked)
         self.worker._paused = False  # the next assignment starts unpaused
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:

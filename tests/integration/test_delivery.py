@@ -573,3 +573,49 @@ def test_email_over_starttls_with_a_login(
     written += [proc.log_path.read_text(errors="replace"), repr(dead[0].headers)]
     for secret in (SMTP_PASSWORD, "not-the-password-42"):
         assert all(secret not in text for text in written), secret
+
+
+def test_a_second_worker_joins_mid_stream_and_the_group_delivers_everything(
+    deliver: Callable[..., tuple[Stack, DeliveryProcess]],
+    receivers: Receivers,
+    stack_factory: Callable[..., Stack],
+) -> None:
+    """A rebalance moves partitions (with their commits and channel marks) between workers;
+    a small in-flight bound pauses and resumes fetching all along."""
+    n = 160
+    config = {
+        "retry": _fast_retry(),
+        "channels": {
+            "all": {
+                "type": "webhook",
+                "url": f"{receivers.url}/hook/all",
+                "secret": {"env": "HOOK_ACME_KEY"},
+                "rate_limit": {"per_second": 20, "burst": 5},
+            }
+        },
+        "routes": [{"channels": ["all"]}],
+    }
+    env = {**_secrets_env(), "NOVAQUOTA_DELIVERY_MAX_IN_FLIGHT": "8"}
+    stack, first = deliver(config, env, stack=stack_factory(4))
+    _produce(stack, "quota-alerts", [alert_record(f"r-{i % 8}", f"a-{i}") for i in range(n)])
+    expected = {f"quota.alert:a-{i}" for i in range(n)}
+    first.start()
+    stack.wait_for(lambda: len(receivers.hook_keys_seen("all")) >= 20, timeout=60)
+    _, second = deliver(config, env, stack=stack)
+    second.start(wait_ready=False)
+    stack.wait_for(
+        lambda: (
+            first.health().get("assigned_partitions", 0) > 0
+            and second.health().get("assigned_partitions", 0) > 0
+        ),
+        timeout=90,
+    )
+    stack.wait_for(lambda: set(receivers.hook_keys_seen("all")) >= expected, timeout=120)
+    hook = receivers.hook_keys_seen("all")
+    assert set(hook) == expected
+    by_worker = {
+        "first": first.metric("delivery_sent_total", channel="all", outcome="delivered"),
+        "second": second.metric("delivery_sent_total", channel="all", outcome="delivered"),
+    }
+    print(f"\ntwo workers, {n} alerts: delivered {by_worker}, duplicates {len(hook) - n}")
+    assert by_worker["first"] > 0 and by_worker["second"] > 0

@@ -335,7 +335,11 @@ class DeliveryProcess:
             return err.code, err.read().decode()
 
     def health(self) -> dict[str, Any]:
-        status, body = self.get("/healthz")
+        """The /healthz body; {} while nothing answers."""
+        try:
+            status, body = self.get("/healthz")
+        except OSError:
+            return {}
         return dict(json.loads(body)) if status in (200, 503) else {}
 
     def wait_ready(self, timeout: float = 90.0) -> None:
@@ -343,12 +347,9 @@ class DeliveryProcess:
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"deliver exited with {self.proc.returncode}:\n{self.tail()}")
-            try:
-                h = self.health()
-                if h.get("status") == "running" and h.get("assigned_partitions"):
-                    return
-            except OSError:
-                pass
+            h = self.health()
+            if h.get("status") == "running" and h.get("assigned_partitions"):
+                return
             time.sleep(0.3)
         raise TimeoutError(f"deliver not ready after {timeout}s:\n{self.tail()}")
 
