@@ -344,10 +344,11 @@ class DeliveryWorker:
     ) -> None:
         try:
             n = parse_record(record.value)
-        except DecodeError as exc:
-            self.metrics.invalid.labels(exc.reason).inc()
+        except Exception as exc:  # DecodeError, or a bug: either way the record is kept
+            reason = exc.reason if isinstance(exc, DecodeError) else "internal_error"
+            self.metrics.invalid.labels(reason).inc()
             entry = part.add(record.offset, ["-"])
-            error = self.redact(f"undecodable ({exc.reason}): {exc}")
+            error = self.redact(f"undecodable ({reason}): {exc}")
             log.error(
                 "undecodable record at %s[%d]@%d goes to the delivery dead-letter topic: %s",
                 tp.topic,
