@@ -512,3 +512,13 @@ def test_commit_metadata_is_tolerant_and_bounded() -> None:
     assert 0 < len(text) <= 3000
     kept = decode_marks(text)["ch"]
     assert kept == many["ch"][: len(kept)]  # the lowest ranges kept, the highest left out
+
+
+def test_topics_create_makes_the_delivery_dead_letter_topic() -> None:
+    from ops.topics import THIRTY_DAYS_MS, catalogue
+    from streams.settings import Settings
+
+    specs = {s.name: s for s in catalogue(Settings(topic_prefix="x."))}
+    spec = specs["x.delivery-dead-letter"]
+    assert spec.config == {"retention.ms": THIRTY_DAYS_MS, "cleanup.policy": "delete"}
+    assert Settings(topic_prefix="x.").topics.delivery_dead_letter == "x.delivery-dead-letter"
