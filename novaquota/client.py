@@ -43,7 +43,7 @@ from typing import Any
 
 import httpx
 
-from schemas.api import CheckResponse, GrantView
+from novaquota.schemas.api import CheckResponse, GrantView
 
 __all__ = [
     "AsyncQuotaClient",
@@ -380,10 +380,10 @@ class AsyncQuotaClient:
         ``QuotaApiError`` (code = the codec's reason) and nothing is sent."""
         import orjson
 
-        from ops.publish import publish_lines
-        from schemas.codec import decode
-        from schemas.exceptions import DecodeError
-        from streams.settings import Settings
+        from novaquota.ops.publish import publish_lines
+        from novaquota.schemas.codec import decode
+        from novaquota.schemas.exceptions import DecodeError
+        from novaquota.streams.settings import Settings
 
         lines = [(i + 1, orjson.dumps(ev)) for i, ev in enumerate(events)]
         now_ms = int(time.time() * 1000)

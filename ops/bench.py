@@ -52,7 +52,7 @@ from typing import Any, Protocol
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from ops.processes import (
+from novaquota.ops.processes import (
     cpu_seconds,
     events_processed,
     free_port,
@@ -63,10 +63,10 @@ from ops.processes import (
     wait_ready,
     worker_env,
 )
-from ops.publish import make_producer
-from ops.topics import create_topics
-from ops.workload import Workload, WorkloadSpec, bulk_load, iso_us, tenant_key
-from streams.settings import Settings, ensure_dir
+from novaquota.ops.publish import make_producer
+from novaquota.ops.topics import create_topics
+from novaquota.ops.workload import Workload, WorkloadSpec, bulk_load, iso_us, tenant_key
+from novaquota.streams.settings import Settings, ensure_dir
 
 __all__ = [
     "SECTIONS",
@@ -191,7 +191,7 @@ class _Worker:
     settings: Settings
     dir: Path
     state_dir: Path | None = None
-    module: str = "ops.cli"
+    module: str = "novaquota.ops.cli"
     argv: tuple[str, ...] = ("worker",)
     port: int = field(default_factory=free_port)
     proc: Any = None
@@ -337,7 +337,7 @@ def core_section(
     work_dir: Path,
     opts: BenchOptions = DEFAULT_OPTIONS,
 ) -> dict[str, Any]:
-    from streams.quota.bench import bench_apply
+    from novaquota.streams.quota.bench import bench_apply
 
     return {"events_per_second": round(bench_apply(20_000), 1)}
 
@@ -377,7 +377,7 @@ def throughput_section(
     out["produce"] = {"events_per_second": round(_produce_sync(s, t.resource_events, evs), 1)}
     raw = asyncio.run(_raw_consume(s, t.resource_events, len(evs)))
     out["raw_consume"] = {"events_per_second": round(raw, 1)}
-    base = _Worker(s, work_dir / "baseline", module="ops.bench_baseline", argv=()).start()
+    base = _Worker(s, work_dir / "baseline", module="novaquota.ops.bench_baseline", argv=()).start()
     try:  # (the bare agent has no /readyz: its first metrics answer is enough)
         out["faust_bare_agent"] = _drain(base, len(evs), opts.timeout)
     finally:
@@ -825,7 +825,7 @@ def checks_section(
     opts: BenchOptions = DEFAULT_OPTIONS,
 ) -> dict[str, Any]:
     return _optional(
-        "ops.bench_checks",
+        "novaquota.ops.bench_checks",
         "checks_section",
         settings=settings,
         tenants=tenants,
@@ -845,7 +845,7 @@ def projections_section(
     opts: BenchOptions = DEFAULT_OPTIONS,
 ) -> dict[str, Any]:
     return _optional(
-        "projections.bench",
+        "novaquota.projections.bench",
         "rebuild_section",
         settings=settings,
         events=opts.events,
@@ -865,7 +865,7 @@ def identities_section(
     opts: BenchOptions = DEFAULT_OPTIONS,
 ) -> dict[str, Any]:
     return _optional(
-        "ops.bench_identities",
+        "novaquota.ops.bench_identities",
         "identities_section",
         settings=settings,
         count=opts.identities,
@@ -885,7 +885,7 @@ def live_section(
     opts: BenchOptions = DEFAULT_OPTIONS,
 ) -> dict[str, Any]:
     return _optional(
-        "ops.bench_live",
+        "novaquota.ops.bench_live",
         "live_section",
         settings=settings,
         tenants=tenants,

@@ -14,9 +14,9 @@ import faust
 from faust import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from streams.metrics import Metrics
-from streams.runner import FAUST_LOG_LEVELS
-from streams.settings import Settings
+from novaquota.streams.metrics import Metrics
+from novaquota.streams.runner import FAUST_LOG_LEVELS
+from novaquota.streams.settings import Settings
 
 __all__ = ["main"]
 

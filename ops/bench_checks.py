@@ -36,11 +36,11 @@ from typing import Any
 import aiohttp
 import orjson
 
-from ops.processes import free_port, harness_auth, spawn, stop, wait_ready, worker_env
-from ops.publish import make_producer
-from ops.topics import create_topics
-from schemas.templates import BUILTIN_TEMPLATES
-from streams.settings import Settings, ensure_dir
+from novaquota.ops.processes import free_port, harness_auth, spawn, stop, wait_ready, worker_env
+from novaquota.ops.publish import make_producer
+from novaquota.ops.topics import create_topics
+from novaquota.schemas.templates import BUILTIN_TEMPLATES
+from novaquota.streams.settings import Settings, ensure_dir
 
 __all__ = ["checks_section", "main"]
 
@@ -328,7 +328,7 @@ def checks_section(
         data_dir=work_dir / "checks-worker",
     )
     log = work_dir / "checks-worker.log"
-    proc = spawn("ops.cli", ("worker",), env, log)
+    proc = spawn("novaquota.ops.cli", ("worker",), env, log)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, proc, 180, log)

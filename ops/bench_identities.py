@@ -19,14 +19,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from streams.enforce import Identities
-from streams.faust_compat import share_rocksdb_memory
-from streams.quota.units import SEC_US
-from streams.settings import Settings
-from streams.store.faust_base import RdictBase
-from streams.store.records import IDENTITY
-from streams.store.rocksdb import rocksdb_options
-from streams.store.tenant_store import TenantStore
+from novaquota.streams.enforce import Identities
+from novaquota.streams.faust_compat import share_rocksdb_memory
+from novaquota.streams.quota.units import SEC_US
+from novaquota.streams.settings import Settings
+from novaquota.streams.store.faust_base import RdictBase
+from novaquota.streams.store.records import IDENTITY
+from novaquota.streams.store.rocksdb import rocksdb_options
+from novaquota.streams.store.tenant_store import TenantStore
 
 __all__ = ["identities_section"]
 

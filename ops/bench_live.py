@@ -21,11 +21,11 @@ from typing import Any
 import aiohttp
 import orjson
 
-from ops.processes import harness_auth, rss_mb
-from ops.publish import make_producer
-from ops.workload import US, Workload, WorkloadSpec, iso_us, tenant_key
-from schemas.common import parse_time_us
-from streams.settings import Settings
+from novaquota.ops.processes import harness_auth, rss_mb
+from novaquota.ops.publish import make_producer
+from novaquota.ops.workload import US, Workload, WorkloadSpec, iso_us, tenant_key
+from novaquota.schemas.common import parse_time_us
+from novaquota.streams.settings import Settings
 
 __all__ = ["live_section"]
 
@@ -134,7 +134,7 @@ def live_section(
     rate: float = 200.0,
     seconds: float = 30.0,
 ) -> dict[str, Any]:
-    from ops.bench import _drain, _isolated, _produce_sync, _Worker
+    from novaquota.ops.bench import _drain, _isolated, _produce_sync, _Worker
 
     s = _isolated(settings, "live", partitions)
     n_tenants = min(tenants, 200)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from aiokafka.errors import KafkaConnectionError
 
-from ops.topics import TopicMismatchError
-from streams.settings import Settings
+from novaquota.ops.topics import TopicMismatchError
+from novaquota.streams.settings import Settings
 
 __all__ = ["main"]
 
@@ -26,7 +26,7 @@ def _print_json(obj: object) -> None:
 
 
 def _cmd_kafka(args: argparse.Namespace, settings: Settings) -> int:
-    from ops import kafka_local
+    from novaquota.ops import kafka_local
 
     if args.action == "start":
         _print_json(kafka_local.start(settings))
@@ -41,7 +41,7 @@ def _cmd_kafka(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
-    from ops import topics
+    from novaquota.ops import topics
 
     if args.action == "create":
         report = asyncio.run(topics.create_topics(settings))
@@ -54,7 +54,7 @@ def _cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
-    from ops import publish
+    from novaquota.ops import publish
 
     result = asyncio.run(publish.publish_file(args.file, settings, progress=not args.quiet))
     for err in result.errors:
@@ -69,7 +69,7 @@ def _cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
-    from schemas.export import export_json_schemas
+    from novaquota.schemas.export import export_json_schemas
 
     written = export_json_schemas(Path(args.dir))
     print(f"wrote {len(written)} JSON Schema files to {args.dir}")
@@ -77,7 +77,7 @@ def _cmd_schemas(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_tokens(args: argparse.Namespace, settings: Settings) -> int:
-    from streams import tokens
+    from novaquota.streams import tokens
 
     path = settings.tokens_file
     if args.action == "create":
@@ -101,43 +101,43 @@ def _cmd_tokens(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.runner import run_worker
+    from novaquota.streams.runner import run_worker
 
     return run_worker(settings, extra_argv=args.faust_args)
 
 
 def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
-    from ops import bench
+    from novaquota.ops import bench
 
     return bench.main(args.rest, settings)
 
 
 def _cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
-    from ops import simulate
+    from novaquota.ops import simulate
 
     return simulate.main(args.rest, settings)
 
 
 def _cmd_projections(args: argparse.Namespace, settings: Settings) -> int:
-    from projections import cli
+    from novaquota.projections import cli
 
     return cli.main(args.rest, settings)
 
 
 def _cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
-    from projections import replay
+    from novaquota.projections import replay
 
     return replay.main(args.rest, settings)
 
 
 def _cmd_deliver(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.delivery import cli
+    from novaquota.streams.delivery import cli
 
     return cli.main(args.rest, settings)
 
 
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from ops import demo
+    from novaquota.ops import demo
 
     return demo.main(args.rest, settings)
 

@@ -32,13 +32,13 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from ops import kafka_local
-from ops.processes import events_processed, http_status, spawn, stop
-from ops.publish import make_producer
-from ops.topics import create_topics
-from ops.workload import US, Workload, WorkloadSpec, iso_us, tenant_key
-from schemas.common import parse_time_us
-from streams.settings import Settings
+from novaquota.ops import kafka_local
+from novaquota.ops.processes import events_processed, http_status, spawn, stop
+from novaquota.ops.publish import make_producer
+from novaquota.ops.topics import create_topics
+from novaquota.ops.workload import US, Workload, WorkloadSpec, iso_us, tenant_key
+from novaquota.schemas.common import parse_time_us
+from novaquota.streams.settings import Settings
 
 __all__ = ["DemoOptions", "main", "run_demo"]
 
@@ -285,7 +285,9 @@ def _start_projections(
 ) -> tuple[subprocess.Popen[bytes] | None, str]:
     """Start ``novaquota projections run``; if it exits at once, go on without it."""
     log = opts.log_dir / "projections.log"
-    proc = spawn("ops.cli", ("projections", "run", "--port", str(opts.projections_port)), env, log)
+    proc = spawn(
+        "novaquota.ops.cli", ("projections", "run", "--port", str(opts.projections_port)), env, log
+    )
     url = f"http://127.0.0.1:{opts.projections_port}"
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -303,7 +305,7 @@ def _start_projections(
 
 def demo_token(settings: Settings) -> str:
     """A fresh admin token named ``demo`` (the previous run's secret is not kept anywhere)."""
-    from streams.tokens import create_token, revoke_token
+    from novaquota.streams.tokens import create_token, revoke_token
 
     revoke_token(settings.tokens_file, "demo")
     return create_token(settings.tokens_file, "demo", "admin")
@@ -338,7 +340,7 @@ def run_demo(settings: Settings, opts: DemoOptions) -> int:
             "NOVAQUOTA_UI_API_URL": os.environ.get("NOVAQUOTA_UI_API_URL", url),
         }
         worker_log = opts.log_dir / "worker.log"
-        worker = spawn("ops.cli", ("worker",), env, worker_log)
+        worker = spawn("novaquota.ops.cli", ("worker",), env, worker_log)
         print(f"worker starting (log: {worker_log}) ...", flush=True)
         deadline = time.monotonic() + 180
         while http_status(url + "/readyz") != 200:

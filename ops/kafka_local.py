@@ -56,7 +56,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from streams.settings import Settings, ensure_dir
+from novaquota.streams.settings import Settings, ensure_dir
 
 __all__ = [
     "KafkaLocalError",

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from streams.settings import ensure_dir
+from novaquota.streams.settings import ensure_dir
 
 __all__ = [
     "cpu_seconds",
@@ -98,7 +98,7 @@ class HarnessAuth:
 @functools.cache
 def harness_auth() -> HarnessAuth:
     """One set per harness process, in a private temporary directory (made on first use)."""
-    from streams.tokens import create_token
+    from novaquota.streams.tokens import create_token
 
     path = Path(tempfile.mkdtemp(prefix="novaquota-auth-")) / "tokens.json"
     return HarnessAuth(path, create_token(path, "harness", "admin"), secrets.token_urlsafe(24))

@@ -16,9 +16,9 @@ from typing import IO
 
 from aiokafka import AIOKafkaProducer
 
-from schemas.codec import decode
-from schemas.exceptions import DecodeError
-from streams.settings import Settings
+from novaquota.schemas.codec import decode
+from novaquota.schemas.exceptions import DecodeError
+from novaquota.streams.settings import Settings
 
 __all__ = ["LineError", "PublishResult", "make_producer", "publish_file", "publish_lines"]
 

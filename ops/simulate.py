@@ -23,9 +23,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from ops.workload import US, Workload, WorkloadSpec, is_command, tenant_key, to_jsonl
-from schemas.common import parse_time_us
-from streams.settings import Settings, ensure_dir
+from novaquota.ops.workload import US, Workload, WorkloadSpec, is_command, tenant_key, to_jsonl
+from novaquota.schemas.common import parse_time_us
+from novaquota.streams.settings import Settings, ensure_dir
 
 __all__ = [
     "SimulationResult",
@@ -134,7 +134,7 @@ async def publish(
     progress: bool = False,
 ) -> SimulationResult:
     """Publish through the project's producer, paced by ``speed`` (0: unpaced)."""
-    from ops.publish import make_producer
+    from novaquota.ops.publish import make_producer
 
     if speed < 0:
         raise ValueError("speed must be >= 0")

@@ -16,7 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
-from streams.settings import Settings
+from novaquota.streams.settings import Settings
 
 __all__ = [
     "TopicMismatchError",

@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from schemas.templates import BUILTIN_TEMPLATES
+from novaquota.schemas.templates import BUILTIN_TEMPLATES
 
 __all__ = [
     "TIERS",

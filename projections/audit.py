@@ -41,12 +41,12 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import murmur2
 
-from projections.exceptions import QueryError
-from projections.views import parse_time
-from schemas.common import parse_time_us
-from schemas.outputs import AUDIT_MODELS
-from streams.errors import ApiError
-from streams.settings import Settings
+from novaquota.projections.exceptions import QueryError
+from novaquota.projections.views import parse_time
+from novaquota.schemas.common import parse_time_us
+from novaquota.schemas.outputs import AUDIT_MODELS
+from novaquota.streams.errors import ApiError
+from novaquota.streams.settings import Settings
 
 __all__ = [
     "AUDIT_TYPES",
@@ -330,8 +330,8 @@ class ReplayReports:
         return await asyncio.shield(job)
 
     def _run(self, tenant: str, until_us: int, fmt: str) -> bytes:
-        from projections.log import LogReadError
-        from projections.replay import build_replay_report, replay
+        from novaquota.projections.log import LogReadError
+        from novaquota.projections.replay import build_replay_report, replay
 
         async def bounded() -> bytes:
             result = await asyncio.wait_for(

@@ -22,13 +22,13 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from ops.topics import create_topics
-from ops.workload import Workload, WorkloadSpec
-from projections.config import ProjectionSettings
-from projections.store import RocksStore
-from projections.tenants import tenants_page
-from projections.worker import ProjectionWorker
-from streams.settings import Settings, ensure_dir
+from novaquota.ops.topics import create_topics
+from novaquota.ops.workload import Workload, WorkloadSpec
+from novaquota.projections.config import ProjectionSettings
+from novaquota.projections.store import RocksStore
+from novaquota.projections.tenants import tenants_page
+from novaquota.projections.worker import ProjectionWorker
+from novaquota.streams.settings import Settings, ensure_dir
 
 __all__ = ["main", "rebuild_section"]
 

@@ -21,9 +21,9 @@ from typing import Any
 
 import orjson
 
-from projections.config import ProjectionSettings
-from projections.exceptions import PricingError, ProjectionError
-from streams.settings import Settings
+from novaquota.projections.config import ProjectionSettings
+from novaquota.projections.exceptions import PricingError, ProjectionError
+from novaquota.streams.settings import Settings
 
 __all__ = ["build_parser", "main"]
 
@@ -76,11 +76,11 @@ async def serve(
 ) -> int:
     from aiohttp import web
 
-    from projections.cost import load_catalogue
-    from projections.http import build_app
-    from projections.store import RocksStore
-    from projections.worker import ProjectionWorker
-    from streams.auth import build_access
+    from novaquota.projections.cost import load_catalogue
+    from novaquota.projections.http import build_app
+    from novaquota.projections.store import RocksStore
+    from novaquota.projections.worker import ProjectionWorker
+    from novaquota.streams.auth import build_access
 
     catalogue = load_catalogue(psettings.pricing_file)  # a bad file fails before anything else
     store = RocksStore(psettings.data_dir / "views")
@@ -115,7 +115,7 @@ async def serve(
 
 
 def _summary(worker: Any) -> dict[str, Any]:
-    from projections.http import status_body
+    from novaquota.projections.http import status_body
 
     return status_body(worker)
 
@@ -150,13 +150,13 @@ def _delegate(module: str, call: str, argv: list[str], settings: Settings | None
 
 def main(argv: list[str], settings: Settings) -> int:
     if argv and argv[0] == "report":
-        return _delegate("projections.compliance", "main", argv[1:], settings)
+        return _delegate("novaquota.projections.compliance", "main", argv[1:], settings)
     if argv and argv[0] == "backtest":
-        return _delegate("projections.analytics.backtest", "main", argv[1:], None)
+        return _delegate("novaquota.projections.analytics.backtest", "main", argv[1:], None)
     args = build_parser().parse_args(argv)
     if args.action == "status":
         return _status(args.url)
-    from streams.logs import configure_logging
+    from novaquota.streams.logs import configure_logging
 
     configure_logging(settings)  # JSON lines by default, like the workers (NOVAQUOTA_LOG_FORMAT)
     try:

@@ -27,7 +27,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final
 
-from projections.replay import (
+from novaquota.projections.replay import (
     FORMATS,
     ArgumentError,
     Citation,
@@ -42,9 +42,9 @@ from projections.replay import (
     run_cli,
     write_output,
 )
-from schemas.common import datetime_to_us, parse_rfc3339
-from streams.quota.windows import window_bounds
-from streams.settings import Settings
+from novaquota.schemas.common import datetime_to_us, parse_rfc3339
+from novaquota.streams.quota.windows import window_bounds
+from novaquota.streams.settings import Settings
 
 __all__ = ["STEPS", "ComplianceReport", "build_report", "compliance_report", "main"]
 

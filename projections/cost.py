@@ -26,9 +26,9 @@ from typing import Any, Final
 import numpy as np
 import orjson
 
-from projections.exceptions import PricingError
-from projections.folds import MINUTE_US, EntityKey, ProjectionState
-from schemas.common import RESOURCE_TYPES
+from novaquota.projections.exceptions import PricingError
+from novaquota.projections.folds import MINUTE_US, EntityKey, ProjectionState
+from novaquota.schemas.common import RESOURCE_TYPES
 
 __all__ = [
     "DEFAULT_PRICES",

@@ -14,12 +14,18 @@ from typing import Any, Final
 
 import pandas as pd
 
-from projections.cost import Catalogue, crossing_time, entity_cost, month_bounds
-from projections.folds import ProjectionState
-from projections.views import CONSUMED, _analytics_module, _usage_now, format_us, hourly_series
-from schemas.codec import encode
-from schemas.common import us_to_datetime
-from schemas.outputs import QuotaAlert, QuotaViolation, QuotaViolationResolved
+from novaquota.projections.cost import Catalogue, crossing_time, entity_cost, month_bounds
+from novaquota.projections.folds import ProjectionState
+from novaquota.projections.views import (
+    CONSUMED,
+    _analytics_module,
+    _usage_now,
+    format_us,
+    hourly_series,
+)
+from novaquota.schemas.codec import encode
+from novaquota.schemas.common import us_to_datetime
+from novaquota.schemas.outputs import QuotaAlert, QuotaViolation, QuotaViolationResolved
 
 __all__ = [
     "NAMESPACE",

@@ -27,16 +27,16 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Final
 
-from schemas.allocation import (
+from novaquota.schemas.allocation import (
     ALLOCATION_TYPES,
     RELEASE_TYPES,
     instance_key,
     is_release,
     resources_of,
 )
-from schemas.amounts import to_micros
-from schemas.codec import Decoded
-from schemas.commands import (
+from novaquota.schemas.amounts import to_micros
+from novaquota.schemas.codec import Decoded
+from novaquota.schemas.commands import (
     BudgetSet,
     QuotaDeleted,
     QuotaSet,
@@ -44,14 +44,14 @@ from schemas.commands import (
     TemplateDefined,
     TenantDeleted,
 )
-from schemas.common import SYSTEM_TENANT, datetime_to_us
-from schemas.resource_events import (
+from novaquota.schemas.common import SYSTEM_TENANT, datetime_to_us
+from novaquota.schemas.resource_events import (
     ApiRequests,
     InventoryReported,
     NetworkSampled,
     ResourceEvent,
 )
-from schemas.templates import BUILTIN_TEMPLATES
+from novaquota.schemas.templates import BUILTIN_TEMPLATES
 
 __all__ = [
     "DAY_MINUTES",

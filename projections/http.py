@@ -13,18 +13,18 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from projections import views
-from projections.audit import parse_query
-from projections.exceptions import QueryError
-from projections.operations import open_violations_by_kind
-from projections.tenants import tenants_page
-from projections.ui import add_ui_routes
-from projections.worker import ProjectionWorker
-from streams.auth import Access, add_whoami_route, authorize, middleware
-from streams.cors import cors_middleware
-from streams.errors import ApiError
-from streams.http_errors import api_error_response, error_middleware
-from streams.openapi import add_document_routes
+from novaquota.projections import views
+from novaquota.projections.audit import parse_query
+from novaquota.projections.exceptions import QueryError
+from novaquota.projections.operations import open_violations_by_kind
+from novaquota.projections.tenants import tenants_page
+from novaquota.projections.ui import add_ui_routes
+from novaquota.projections.worker import ProjectionWorker
+from novaquota.streams.auth import Access, add_whoami_route, authorize, middleware
+from novaquota.streams.cors import cors_middleware
+from novaquota.streams.errors import ApiError
+from novaquota.streams.http_errors import api_error_response, error_middleware
+from novaquota.streams.openapi import add_document_routes
 
 __all__ = ["build_app"]
 

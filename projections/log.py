@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Hashable, Iterable, Iterator, Sequenc
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from streams.settings import Settings
+from novaquota.streams.settings import Settings
 
 __all__ = [
     "LogPosition",

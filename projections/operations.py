@@ -32,8 +32,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
-from projections.folds import ProjectionState
-from streams.settings import Settings
+from novaquota.projections.folds import ProjectionState
+from novaquota.streams.settings import Settings
 
 __all__ = [
     "DeadLetters",

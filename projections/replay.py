@@ -38,18 +38,27 @@ from typing import Any, Final
 
 import orjson
 
-from projections.log import LogPosition, LogReader, LogRecord, LogSlice, PartitionRange
-from schemas.amounts import from_micros
-from schemas.codec import Decoded, DecodeLimits
-from schemas.common import format_time_us, parse_time_us
-from streams import quota as q
-from streams import step
-from streams.enforce import SYSTEM, Emit, Enforcer, InstanceRows
-from streams.quota.state import C_START, E_AT, G_EVENT, G_PROJECT, G_RES, G_SOURCE, G_TIME, G_USER
-from streams.quota.units import SEP, entity_key, split_entity_key, split_quota_key
-from streams.settings import Settings, TopicNames, ensure_dir
-from streams.store.memory import MemoryStore
-from streams.store.records import instance_key
+from novaquota.projections.log import LogPosition, LogReader, LogRecord, LogSlice, PartitionRange
+from novaquota.schemas.amounts import from_micros
+from novaquota.schemas.codec import Decoded, DecodeLimits
+from novaquota.schemas.common import format_time_us, parse_time_us
+from novaquota.streams import quota as q
+from novaquota.streams import step
+from novaquota.streams.enforce import SYSTEM, Emit, Enforcer, InstanceRows
+from novaquota.streams.quota.state import (
+    C_START,
+    E_AT,
+    G_EVENT,
+    G_PROJECT,
+    G_RES,
+    G_SOURCE,
+    G_TIME,
+    G_USER,
+)
+from novaquota.streams.quota.units import SEP, entity_key, split_entity_key, split_quota_key
+from novaquota.streams.settings import Settings, TopicNames, ensure_dir
+from novaquota.streams.store.memory import MemoryStore
+from novaquota.streams.store.records import instance_key
 
 __all__ = [
     "FORMATS",
@@ -355,7 +364,7 @@ class ReplayEngine:
         cite = Citation(rec.position, decoded.id, decoded.source, decoded.time_us)
         data: Any = decoded.data
         if got.kind == "template":
-            from schemas.commands import TemplateSpec
+            from novaquota.schemas.commands import TemplateSpec
 
             self.templates[data.name] = TemplateSpec.model_validate(
                 data.model_dump(include={"name", "description", "quotas", "monthly_cost"})
@@ -1105,7 +1114,7 @@ def run_cli(
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
-        from projections.log import LogReadError
+        from novaquota.projections.log import LogReadError
 
         if isinstance(exc, LogReadError):
             print(f"{prog}: error: {exc}", file=sys.stderr)

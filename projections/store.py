@@ -18,9 +18,9 @@ from typing import Any, Final
 
 import orjson
 
-from projections.exceptions import ProjectionError
-from projections.folds import DAY_MINUTES, Budget, Held, ProjectionState, QuotaChange
-from streams.settings import ensure_dir
+from novaquota.projections.exceptions import ProjectionError
+from novaquota.projections.folds import DAY_MINUTES, Budget, Held, ProjectionState, QuotaChange
+from novaquota.streams.settings import ensure_dir
 
 __all__ = ["FORMAT_VERSION", "Loaded", "MemoryStore", "RocksStore", "ViewStore"]
 

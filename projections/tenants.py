@@ -21,10 +21,10 @@ from typing import Any, Final
 
 import orjson
 
-from projections.cost import Catalogue, entity_cost, month_bounds
-from projections.exceptions import QueryError
-from projections.folds import MINUTE_US, ProjectionState, SeriesKey
-from schemas.common import SYSTEM_TENANT
+from novaquota.projections.cost import Catalogue, entity_cost, month_bounds
+from novaquota.projections.exceptions import QueryError
+from novaquota.projections.folds import MINUTE_US, ProjectionState, SeriesKey
+from novaquota.schemas.common import SYSTEM_TENANT
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",

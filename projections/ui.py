@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import orjson
 from aiohttp import web
 
-from streams.settings import Settings
+from novaquota.streams.settings import Settings
 
 __all__ = ["UI_DIR", "add_ui_routes", "ui_config"]
 

@@ -16,10 +16,10 @@ from typing import Any, Final, TypeVar
 import numpy as np
 import pandas as pd
 
-from projections.cost import Catalogue, entity_cost, minute_series, month_bounds
-from projections.exceptions import QueryError
-from projections.folds import MINUTE_US, EntityKey, ProjectionState, SeriesKey
-from schemas.common import (
+from novaquota.projections.cost import Catalogue, entity_cost, minute_series, month_bounds
+from novaquota.projections.exceptions import QueryError
+from novaquota.projections.folds import MINUTE_US, EntityKey, ProjectionState, SeriesKey
+from novaquota.schemas.common import (
     INTEGER_RESOURCES,
     LEVELS,
     RESOURCE_TYPES,
@@ -27,7 +27,7 @@ from schemas.common import (
     parse_time_us,
     us_to_datetime,
 )
-from schemas.templates import BUILTIN_TEMPLATES
+from novaquota.schemas.templates import BUILTIN_TEMPLATES
 
 __all__ = [
     "STEPS",
@@ -393,7 +393,7 @@ def _guarded(what: str, fallback: Any, fn: Callable[..., _T], *args: Any) -> tup
 
 def _analytics_module(name: str) -> ModuleType | None:
     try:
-        return importlib.import_module(f"projections.analytics.{name}")
+        return importlib.import_module(f"novaquota.projections.analytics.{name}")
     except ImportError:
         return None
 

@@ -22,12 +22,12 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
-from projections.audit import AuditReader, ReplayReports
-from projections.config import ProjectionSettings
-from projections.cost import Catalogue, load_catalogue
-from projections.emit import Emission, budget_outputs, forecast_alerts, forecast_jobs
-from projections.exceptions import ProjectionError
-from projections.folds import (
+from novaquota.projections.audit import AuditReader, ReplayReports
+from novaquota.projections.config import ProjectionSettings
+from novaquota.projections.cost import Catalogue, load_catalogue
+from novaquota.projections.emit import Emission, budget_outputs, forecast_alerts, forecast_jobs
+from novaquota.projections.exceptions import ProjectionError
+from novaquota.projections.folds import (
     FoldParams,
     FoldStats,
     ProjectionState,
@@ -35,13 +35,13 @@ from projections.folds import (
     fold_event,
     fold_violation,
 )
-from projections.metrics import ProjectionMetrics
-from projections.operations import DeadLetters, GroupSampler
-from projections.store import Position, RocksStore, ViewStore
-from schemas.codec import Decoded, decode
-from schemas.exceptions import DecodeError
-from schemas.limits import DecodeLimits
-from streams.settings import Settings
+from novaquota.projections.metrics import ProjectionMetrics
+from novaquota.projections.operations import DeadLetters, GroupSampler
+from novaquota.projections.store import Position, RocksStore, ViewStore
+from novaquota.schemas.codec import Decoded, decode
+from novaquota.schemas.exceptions import DecodeError
+from novaquota.schemas.limits import DecodeLimits
+from novaquota.streams.settings import Settings
 
 __all__ = ["ProjectionWorker", "WorkerStatus"]
 

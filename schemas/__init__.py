@@ -5,9 +5,9 @@ pydantic v2 only; nothing here imports Kafka or Faust, so every consumer (stream
 API, CLI, tests) shares one definition of the wire format.
 """
 
-from schemas.allocation import instance_key, instance_key_for, is_release, resources_of
-from schemas.amounts import from_micros, to_micros
-from schemas.codec import (
+from novaquota.schemas.allocation import instance_key, instance_key_for, is_release, resources_of
+from novaquota.schemas.amounts import from_micros, to_micros
+from novaquota.schemas.codec import (
     MODELS,
     Decoded,
     bench_decode,
@@ -16,7 +16,7 @@ from schemas.codec import (
     encode,
     encode_binary,
 )
-from schemas.commands import (
+from novaquota.schemas.commands import (
     COMMAND_MODELS,
     BudgetSet,
     Command,
@@ -31,11 +31,11 @@ from schemas.commands import (
     TemplateSpec,
     TenantDeleted,
 )
-from schemas.envelope import Envelope
-from schemas.exceptions import REASONS, DecodeError
-from schemas.export import export_json_schemas
-from schemas.limits import DEFAULT_LIMITS, DecodeLimits
-from schemas.outputs import (
+from novaquota.schemas.envelope import Envelope
+from novaquota.schemas.exceptions import REASONS, DecodeError
+from novaquota.schemas.export import export_json_schemas
+from novaquota.schemas.limits import DEFAULT_LIMITS, DecodeLimits
+from novaquota.schemas.outputs import (
     OUTPUT_MODELS,
     AuditRecord,
     Cause,
@@ -44,9 +44,9 @@ from schemas.outputs import (
     QuotaViolation,
     QuotaViolationResolved,
 )
-from schemas.resource_events import RESOURCE_EVENT_MODELS, ResourceEvent
-from schemas.templates import BUILTIN_TEMPLATES, expand_template
-from schemas.versions import register_upcaster
+from novaquota.schemas.resource_events import RESOURCE_EVENT_MODELS, ResourceEvent
+from novaquota.schemas.templates import BUILTIN_TEMPLATES, expand_template
+from novaquota.schemas.versions import register_upcaster
 
 __all__ = [
     "BUILTIN_TEMPLATES",

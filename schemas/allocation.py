@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Final
 
-from schemas.amounts import MICRO, to_micros
-from schemas.codec import Decoded
-from schemas.commands import Command
-from schemas.resource_events import (
+from novaquota.schemas.amounts import MICRO, to_micros
+from novaquota.schemas.codec import Decoded
+from novaquota.schemas.commands import Command
+from novaquota.schemas.resource_events import (
     ApiRequests,
     BackupCreated,
     BackupDeleted,

@@ -13,8 +13,8 @@ from typing import Annotated, Any, Final
 
 from pydantic import PlainValidator, ValidationInfo, WithJsonSchema
 
-from schemas.common import INTEGER_RESOURCES, RESOURCE_TYPES, fail, shorten
-from schemas.limits import DEFAULT_LIMITS, DecodeLimits
+from novaquota.schemas.common import INTEGER_RESOURCES, RESOURCE_TYPES, fail, shorten
+from novaquota.schemas.limits import DEFAULT_LIMITS, DecodeLimits
 
 __all__ = [
     "MICRO",

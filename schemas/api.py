@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from schemas.amounts import Resources
+from novaquota.schemas.amounts import Resources
 
 __all__ = [
     "MAX_BATCH",

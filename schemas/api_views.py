@@ -12,8 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.api import GrantView
-from schemas.common import (
+from novaquota.schemas.api import GrantView
+from novaquota.schemas.common import (
     EnforcementAction,
     Id,
     LimitType,

@@ -27,14 +27,14 @@ from typing import Any, Final, Literal
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from schemas.commands import COMMAND_MODELS, Command
-from schemas.common import format_time_us, shorten
-from schemas.envelope import SPECVERSION, Envelope
-from schemas.exceptions import REASONS, DecodeError
-from schemas.limits import DEFAULT_LIMITS, DecodeLimits
-from schemas.outputs import OUTPUT_MODELS, Output
-from schemas.resource_events import RESOURCE_EVENT_MODELS, ResourceEvent
-from schemas.versions import CURRENT_VERSIONS, upcast, version_from_dataschema
+from novaquota.schemas.commands import COMMAND_MODELS, Command
+from novaquota.schemas.common import format_time_us, shorten
+from novaquota.schemas.envelope import SPECVERSION, Envelope
+from novaquota.schemas.exceptions import REASONS, DecodeError
+from novaquota.schemas.limits import DEFAULT_LIMITS, DecodeLimits
+from novaquota.schemas.outputs import OUTPUT_MODELS, Output
+from novaquota.schemas.resource_events import RESOURCE_EVENT_MODELS, ResourceEvent
+from novaquota.schemas.versions import CURRENT_VERSIONS, upcast, version_from_dataschema
 
 __all__ = [
     "DEFAULT_LIMITS",

@@ -21,8 +21,8 @@ from pydantic import (
     model_validator,
 )
 
-from schemas.amounts import Amount, AtLeastOne, Percent, PositiveAmount, resource_amount
-from schemas.common import (
+from novaquota.schemas.amounts import Amount, AtLeastOne, Percent, PositiveAmount, resource_amount
+from novaquota.schemas.common import (
     SYSTEM_TENANT,
     WINDOWED_RESOURCES,
     EnforcementAction,
@@ -36,7 +36,7 @@ from schemas.common import (
     Window,
     fail,
 )
-from schemas.limits import DEFAULT_LIMITS, DecodeLimits
+from novaquota.schemas.limits import DEFAULT_LIMITS, DecodeLimits
 
 __all__ = [
     "BUILTIN_TEMPLATE_NAMES",

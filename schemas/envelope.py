@@ -20,7 +20,7 @@ from pydantic import (
     WithJsonSchema,
 )
 
-from schemas.common import Timestamp, datetime_to_us, fail, shorten
+from novaquota.schemas.common import Timestamp, datetime_to_us, fail, shorten
 
 __all__ = ["SPECVERSION", "Envelope", "parse_schema_version"]
 

@@ -12,11 +12,11 @@ from typing import Any, Final, Literal
 import orjson
 from pydantic import BaseModel, create_model
 
-from schemas.commands import COMMAND_MODELS
-from schemas.envelope import Envelope
-from schemas.outputs import OUTPUT_MODELS
-from schemas.resource_events import RESOURCE_EVENT_MODELS
-from schemas.versions import current_version
+from novaquota.schemas.commands import COMMAND_MODELS
+from novaquota.schemas.envelope import Envelope
+from novaquota.schemas.outputs import OUTPUT_MODELS
+from novaquota.schemas.resource_events import RESOURCE_EVENT_MODELS
+from novaquota.schemas.versions import current_version
 
 __all__ = ["JSON_SCHEMA_DIALECT", "event_json_schema", "export_json_schemas", "schema_file_name"]
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any, ClassVar, Final
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.common import (
+from novaquota.schemas.common import (
     AlertKind,
     EnforcementAction,
     Id,

@@ -12,8 +12,8 @@ from typing import Any, ClassVar, Final
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from schemas.amounts import Amount, Count, CpuAmount, Resources, WholeAmount
-from schemas.common import Id, TenantId, Timestamp, fail
+from novaquota.schemas.amounts import Amount, Count, CpuAmount, Resources, WholeAmount
+from novaquota.schemas.common import Id, TenantId, Timestamp, fail
 
 __all__ = [
     "RESOURCE_EVENT_MODELS",

@@ -9,8 +9,8 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Final
 
-from schemas.commands import BUILTIN_TEMPLATE_NAMES, QuotaSet, QuotaSpec, TemplateSpec
-from schemas.common import Level, LimitType
+from novaquota.schemas.commands import BUILTIN_TEMPLATE_NAMES, QuotaSet, QuotaSpec, TemplateSpec
+from novaquota.schemas.common import Level, LimitType
 
 __all__ = ["BUILTIN_TEMPLATES", "expand_template", "get_template"]
 

@@ -11,10 +11,10 @@ import re
 from collections.abc import Callable
 from typing import Any, Final
 
-from schemas.commands import COMMAND_MODELS
-from schemas.exceptions import DecodeError
-from schemas.outputs import OUTPUT_MODELS
-from schemas.resource_events import RESOURCE_EVENT_MODELS
+from novaquota.schemas.commands import COMMAND_MODELS
+from novaquota.schemas.exceptions import DecodeError
+from novaquota.schemas.outputs import OUTPUT_MODELS
+from novaquota.schemas.resource_events import RESOURCE_EVENT_MODELS
 
 __all__ = [
     "CURRENT_VERSIONS",

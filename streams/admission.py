@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from streams import quota as q
+from novaquota.streams import quota as q
 
 if TYPE_CHECKING:
-    from streams.app import QuotaApp
-    from streams.enforce import TenantRecord
+    from novaquota.streams.app import QuotaApp
+    from novaquota.streams.enforce import TenantRecord
 
 __all__ = ["AdmissionDesk", "AdmissionTimeout", "now_us"]
 

@@ -20,17 +20,17 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiokafka.partitioner import murmur2
 
-from schemas.codec import DecodeLimits
-from schemas.commands import COMMAND_MODELS
-from streams import step
-from streams.batch import Batch
-from streams.enforce import Emit, Enforcer, Identities, Rejection
-from streams.faust_compat import committed_offset, waiting_input
-from streams.ingest import dead_letter_headers
-from streams.store.records import IDENTITY, REJECTION, rejection_key, rejection_value
+from novaquota.schemas.codec import DecodeLimits
+from novaquota.schemas.commands import COMMAND_MODELS
+from novaquota.streams import step
+from novaquota.streams.batch import Batch
+from novaquota.streams.enforce import Emit, Enforcer, Identities, Rejection
+from novaquota.streams.faust_compat import committed_offset, waiting_input
+from novaquota.streams.ingest import dead_letter_headers
+from novaquota.streams.store.records import IDENTITY, REJECTION, rejection_key, rejection_value
 
 if TYPE_CHECKING:
-    from streams.app import QuotaApp
+    from novaquota.streams.app import QuotaApp
 
 __all__ = ["home_partition", "register"]
 
@@ -73,7 +73,7 @@ def register(qa: QuotaApp) -> None:
     }
 
     def template_lookup(name: str) -> Any:
-        from schemas.commands import TemplateSpec
+        from novaquota.schemas.commands import TemplateSpec
 
         raw = qa.templates.get(name)
         return None if raw is None else TemplateSpec.model_validate_json(raw)

@@ -18,10 +18,10 @@ from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas import api_views as v
-from schemas.api import BatchCheckRequest, CheckRequest, CheckResponse
-from schemas.common import ResourceType
-from streams.auth import Action
+from novaquota.schemas import api_views as v
+from novaquota.schemas.api import BatchCheckRequest, CheckRequest, CheckResponse
+from novaquota.schemas.common import ResourceType
+from novaquota.streams.auth import Action
 
 __all__ = [
     "HTML",

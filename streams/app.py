@@ -16,14 +16,14 @@ from typing import Any
 import faust
 import orjson
 
-from streams import faust_compat
-from streams.auth import build_access
-from streams.cors import cors_middleware
-from streams.http_errors import error_middleware
-from streams.metrics import Metrics
-from streams.settings import Settings
-from streams.store.rocksdb import rocksdb_options
-from streams.ticks import Ticker
+from novaquota.streams import faust_compat
+from novaquota.streams.auth import build_access
+from novaquota.streams.cors import cors_middleware
+from novaquota.streams.http_errors import error_middleware
+from novaquota.streams.metrics import Metrics
+from novaquota.streams.settings import Settings
+from novaquota.streams.store.rocksdb import rocksdb_options
+from novaquota.streams.ticks import Ticker
 
 __all__ = ["QuotaApp", "create_app"]
 
@@ -123,9 +123,9 @@ class QuotaApp:
         # Everything about the tenants homed on a partition, in one keyed space
         # (streams.store.records), written in batches (streams.store.faust_base).
         self.state = table("state")
-        from streams.agents import home_partition
-        from streams.store.faust_base import ChangelogWriter, FaustBase
-        from streams.store.tenant_store import TenantStore
+        from novaquota.streams.agents import home_partition
+        from novaquota.streams.store.faust_base import ChangelogWriter, FaustBase
+        from novaquota.streams.store.tenant_store import TenantStore
 
         n = settings.partitions
         # murmur2 in pure Python costs microseconds; a tenant's home is asked for on every read
@@ -150,11 +150,11 @@ class QuotaApp:
         self.checks: Any = None  # streams.checks.CheckService, made by web.register
         # who may call the HTTP API (streams.auth): tokens, JWTs, anonymous only if allowed
         self.access = build_access(settings)
-        from streams.admission import AdmissionDesk
+        from novaquota.streams.admission import AdmissionDesk
 
         self.desk = AdmissionDesk(self)
 
-        from streams import agents, web
+        from novaquota.streams import agents, web
 
         agents.register(self)
         n_parts = settings.partitions
@@ -162,18 +162,18 @@ class QuotaApp:
         def note_grants(tenant: str, rec: Any) -> None:
             self.desk.note(agents.home_partition(tenant, n_parts), tenant, rec)
 
-        from streams.enforce import Enforcer
+        from novaquota.streams.enforce import Enforcer
 
         enforcer = self.enforcer
         assert isinstance(enforcer, Enforcer)  # made by agents.register
         enforcer.listeners.append(note_grants)
         web.register(self)
-        from streams import live_web
+        from novaquota.streams import live_web
 
         self.live: Any = None  # streams.live_web.LiveHub
         live_web.register(self)
         self._register_timers()
-        from streams.observe import install
+        from novaquota.streams.observe import install
 
         install(self)
 
@@ -199,7 +199,7 @@ class QuotaApp:
                 tp.partition for tp in app.assignor.assigned_actives() if tp.topic == input_topic
             }
 
-        from streams.agents import home_partition
+        from novaquota.streams.agents import home_partition
 
         system_home = home_partition("system", self.settings.partitions)
 
@@ -385,8 +385,8 @@ class QuotaApp:
                 self._index_partition(p)
 
     def _index_partition(self, p: int) -> None:
-        from streams.enforce import SYSTEM
-        from streams.quota import next_deadline, tenant_totals
+        from novaquota.streams.enforce import SYSTEM
+        from novaquota.streams.quota import next_deadline, tenant_totals
 
         totals: dict[str, int] = {}
         for tenant, rec in self.store.current_records(p):

@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import jwt
 from aiohttp import web
 
-from streams.errors import ApiError
-from streams.http_errors import api_error_response
+from novaquota.streams.errors import ApiError
+from novaquota.streams.http_errors import api_error_response
 
 if TYPE_CHECKING:
-    from streams.settings import Settings
-    from streams.tokens import TokenStore
+    from novaquota.streams.settings import Settings
+    from novaquota.streams.tokens import TokenStore
 
 log = logging.getLogger(__name__)
 
@@ -332,7 +332,7 @@ class BearerAuth:
 def build_access(settings: Settings) -> Access:
     """The ``Access`` the settings describe (the same for both servers); warns when anonymous
     callers are let in."""
-    from streams.tokens import TokenStore
+    from novaquota.streams.tokens import TokenStore
 
     verifier = None
     if settings.jwt_jwks:

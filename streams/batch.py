@@ -25,8 +25,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from streams.enforce import Emit
-from streams.store.tenant_store import Staged, TenantStore
+from novaquota.streams.enforce import Emit
+from novaquota.streams.store.tenant_store import Staged, TenantStore
 
 __all__ = ["WRITE_FAILED_EXIT", "Batch"]
 

@@ -33,19 +33,19 @@ from faust import web
 from faust.exceptions import SameNode
 from pydantic import ValidationError
 
-from schemas.amounts import to_micros
-from schemas.api import MAX_BATCH, BatchCheckRequest, CheckRequest
-from schemas.codec import encode
-from schemas.common import format_time_us
-from schemas.exceptions import DecodeError
-from streams import quota as q
-from streams.admission import AdmissionTimeout, now_us
-from streams.app import tables_recovered
-from streams.enforce import SYSTEM
-from streams.web import ApiError, _num
+from novaquota.schemas.amounts import to_micros
+from novaquota.schemas.api import MAX_BATCH, BatchCheckRequest, CheckRequest
+from novaquota.schemas.codec import encode
+from novaquota.schemas.common import format_time_us
+from novaquota.schemas.exceptions import DecodeError
+from novaquota.streams import quota as q
+from novaquota.streams.admission import AdmissionTimeout, now_us
+from novaquota.streams.app import tables_recovered
+from novaquota.streams.enforce import SYSTEM
+from novaquota.streams.web import ApiError, _num
 
 if TYPE_CHECKING:
-    from streams.app import QuotaApp
+    from novaquota.streams.app import QuotaApp
 
 __all__ = ["register"]
 
@@ -109,7 +109,7 @@ class CheckService:
         self.qa = qa
         self.system: q.SystemState | None = None
         self.system_at = 0.0  # wall clock of the snapshot
-        from streams.agents import home_partition
+        from novaquota.streams.agents import home_partition
 
         partitions = qa.settings.partitions
         self.home = functools.lru_cache(maxsize=65536)(

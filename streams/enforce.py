@@ -36,9 +36,9 @@ from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from schemas.codec import Decoded
-from streams import quota as q
-from streams.store.records import (
+from novaquota.schemas.codec import Decoded
+from novaquota.streams import quota as q
+from novaquota.streams.store.records import (
     IDENTITY,
     SEP,
     SYSTEM,
@@ -47,8 +47,8 @@ from streams.store.records import (
     instance_key,
     tenant_of,
 )
-from streams.store.tenant_store import TenantStore
-from streams.translate import encode_output, to_inputs
+from novaquota.streams.store.tenant_store import TenantStore
+from novaquota.streams.translate import encode_output, to_inputs
 
 __all__ = [
     "SYSTEM",

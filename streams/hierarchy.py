@@ -16,10 +16,10 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any
 
-from streams import quota as q
-from streams.quota.state import G_PROJECT, G_USER
-from streams.store.records import instance_key
-from streams.store.tenant_store import Base
+from novaquota.streams import quota as q
+from novaquota.streams.quota.state import G_PROJECT, G_USER
+from novaquota.streams.store.records import instance_key
+from novaquota.streams.store.tenant_store import Base
 
 __all__ = ["MAX_INSTANCES", "Membership", "read_instances"]
 
@@ -86,7 +86,7 @@ async def read_instances(
     """Feed the tenant's committed instance rows to ``members``, ``chunk`` rows at a time with
     a yield to the event loop in between (each chunk a scan of its own, from after the last
     key read); whether rows were left unread past ``limit``."""
-    from streams.enforce import InstanceRows
+    from novaquota.streams.enforce import InstanceRows
 
     prefix = instance_key(tenant, "")
     start, read = b"", 0

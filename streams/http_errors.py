@@ -16,7 +16,7 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from streams.errors import ApiError
+from novaquota.streams.errors import ApiError
 
 __all__ = ["api_error_response", "error_middleware", "error_response"]
 

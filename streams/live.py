@@ -13,10 +13,10 @@ from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from schemas.common import RESOURCE_TYPES, format_time_us
-from streams import quota as q
-from streams.errors import ApiError
-from streams.quota.evaluate import utilization_pct
+from novaquota.schemas.common import RESOURCE_TYPES, format_time_us
+from novaquota.streams import quota as q
+from novaquota.streams.errors import ApiError
+from novaquota.streams.quota.evaluate import utilization_pct
 
 __all__ = [
     "ALL_TENANTS_TYPES",

@@ -36,9 +36,9 @@ from aiohttp import web as aioweb
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust import web
 
-from streams.auth import WS_PROTOCOL, offered_protocols
-from streams.errors import ApiError
-from streams.live import (
+from novaquota.streams.auth import WS_PROTOCOL, offered_protocols
+from novaquota.streams.errors import ApiError
+from novaquota.streams.live import (
     LAGGING_CLOSE_CODE,
     Filters,
     Subscriber,
@@ -53,7 +53,7 @@ from streams.live import (
 )
 
 if TYPE_CHECKING:
-    from streams.app import QuotaApp
+    from novaquota.streams.app import QuotaApp
 
 __all__ = ["LiveHub", "UsageFeed", "register"]
 

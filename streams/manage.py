@@ -36,9 +36,9 @@ import orjson
 from faust import web
 from pydantic import ValidationError
 
-from schemas.amounts import to_micros
-from schemas.codec import DecodeLimits, encode
-from schemas.commands import (
+from novaquota.schemas.amounts import to_micros
+from novaquota.schemas.codec import DecodeLimits, encode
+from novaquota.schemas.commands import (
     Command,
     QuotaDeleted,
     QuotaSet,
@@ -47,18 +47,18 @@ from schemas.commands import (
     TemplateDefined,
     TemplateSpec,
 )
-from schemas.templates import BUILTIN_TEMPLATES
-from streams import quota as q
-from streams.admission import now_us
-from streams.agents import TEMPLATE_IDENTITY
-from streams.auth import Ceiling, Principal, authorize, authorize_limit_change
-from streams.checks import FORWARDED, _validation_message
-from streams.errors import ApiError
-from streams.store.records import identity_key, rejection_key, rejection_of
-from streams.web import LEVELS, quota_rows
+from novaquota.schemas.templates import BUILTIN_TEMPLATES
+from novaquota.streams import quota as q
+from novaquota.streams.admission import now_us
+from novaquota.streams.agents import TEMPLATE_IDENTITY
+from novaquota.streams.auth import Ceiling, Principal, authorize, authorize_limit_change
+from novaquota.streams.checks import FORWARDED, _validation_message
+from novaquota.streams.errors import ApiError
+from novaquota.streams.store.records import identity_key, rejection_key, rejection_of
+from novaquota.streams.web import LEVELS, quota_rows
 
 if TYPE_CHECKING:
-    from streams.app import QuotaApp
+    from novaquota.streams.app import QuotaApp
 
 __all__ = ["MAX_WAIT_SECONDS", "SOURCE", "Target", "parse_wait", "register"]
 

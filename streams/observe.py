@@ -26,15 +26,15 @@ import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from schemas.amounts import from_micros
-from streams import faust_compat
-from streams import quota as q
-from streams.app import tables_recovered
-from streams.faust_compat import committed_offset
-from streams.metrics import EntityRow, TopEntities, consumer_lag, remove_series
+from novaquota.schemas.amounts import from_micros
+from novaquota.streams import faust_compat
+from novaquota.streams import quota as q
+from novaquota.streams.app import tables_recovered
+from novaquota.streams.faust_compat import committed_offset
+from novaquota.streams.metrics import EntityRow, TopEntities, consumer_lag, remove_series
 
 if TYPE_CHECKING:
-    from streams.app import QuotaApp
+    from novaquota.streams.app import QuotaApp
 
 __all__ = [
     "ObserveConfig",
@@ -265,7 +265,7 @@ class Observer:
             return
         if not self.settled():
             return  # fold changes in once the assignment and the tables are stable
-        from streams.agents import home_partition
+        from novaquota.streams.agents import home_partition
 
         n_parts = self.qa.settings.partitions
         owned = self.active_partitions()
@@ -288,7 +288,7 @@ class Observer:
 
     async def _seed(self, top: TopEntities, partition: int) -> bool:
         """Fold in every tenant of a newly owned partition (once per assignment)."""
-        from streams.enforce import SYSTEM, TenantRecord
+        from novaquota.streams.enforce import SYSTEM, TenantRecord
 
         for i, (tenant, raw) in enumerate(self.qa.store.records(partition), 1):
             if tenant not in self.dirty:  # a newer state is already waiting

@@ -22,8 +22,8 @@ from jinja2 import Environment
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from schemas.api_views import ErrorBody
-from streams.api_routes import ROUTES, SERVERS, SWITCHING, Route, Server
+from novaquota.schemas.api_views import ErrorBody
+from novaquota.streams.api_routes import ROUTES, SERVERS, SWITCHING, Route, Server
 
 __all__ = ["add_document_routes", "docs_html", "openapi_document"]
 

@@ -14,9 +14,9 @@ import ctypes.util
 import logging
 import sys
 
-from streams.app import create_app
-from streams.logs import log_format_of, log_level_of, logging_config
-from streams.settings import Settings, ensure_dir
+from novaquota.streams.app import create_app
+from novaquota.streams.logs import log_format_of, log_level_of, logging_config
+from novaquota.streams.settings import Settings, ensure_dir
 
 __all__ = ["FAUST_LOG_LEVELS", "limit_malloc_arenas", "run_worker", "worker_argv"]
 

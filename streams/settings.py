@@ -197,7 +197,7 @@ class Settings(BaseSettings):
     @classmethod
     def _auth_anonymous(cls, v: str | None) -> str | None:
         """Normalized to None (off) or a role."""
-        from streams.auth import ROLES
+        from novaquota.streams.auth import ROLES
 
         value = (v or "").strip().lower()
         if value in ("", "false", "0", "no", "off"):
@@ -211,14 +211,14 @@ class Settings(BaseSettings):
     @field_validator("cors_origins")
     @classmethod
     def _cors_origins(cls, v: str) -> str:
-        from streams.cors import parse_origins
+        from novaquota.streams.cors import parse_origins
 
         parse_origins(v)  # ValueError names the bad entry
         return v
 
     @property
     def cors_origin_set(self) -> frozenset[str]:
-        from streams.cors import parse_origins
+        from novaquota.streams.cors import parse_origins
 
         return parse_origins(self.cors_origins)
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from schemas.codec import Decoded, DecodeLimits, decode
-from schemas.exceptions import DecodeError
-from streams.enforce import Emit, Enforcer, Rejection
-from streams.translate import with_tenant
+from novaquota.schemas.codec import Decoded, DecodeLimits, decode
+from novaquota.schemas.exceptions import DecodeError
+from novaquota.streams.enforce import Emit, Enforcer, Rejection
+from novaquota.streams.translate import with_tenant
 
 __all__ = ["Outcome", "apply", "classify"]
 

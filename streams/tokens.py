@@ -31,7 +31,7 @@ from typing import Any, cast
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from streams.auth import ROLES, Principal, Role
+from novaquota.streams.auth import ROLES, Principal, Role
 
 __all__ = ["TokenEntry", "TokenError", "TokenStore", "create_token", "list_tokens", "revoke_token"]
 

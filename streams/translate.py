@@ -9,14 +9,14 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
-from schemas import commands as cmd
-from schemas import resource_events as rev
-from schemas.allocation import instance_key, instance_key_for, is_release, resources_of
-from schemas.amounts import from_micros, to_micros
-from schemas.codec import Decoded, encode
-from schemas.common import datetime_to_us
-from schemas.templates import BUILTIN_TEMPLATES, expand_template
-from streams import quota as q
+from novaquota.schemas import commands as cmd
+from novaquota.schemas import resource_events as rev
+from novaquota.schemas.allocation import instance_key, instance_key_for, is_release, resources_of
+from novaquota.schemas.amounts import from_micros, to_micros
+from novaquota.schemas.codec import Decoded, encode
+from novaquota.schemas.common import datetime_to_us
+from novaquota.schemas.templates import BUILTIN_TEMPLATES, expand_template
+from novaquota.streams import quota as q
 
 __all__ = [
     "OUTPUT_SOURCE",
@@ -249,7 +249,7 @@ def _violation_data(v: q.ViolationOpened | q.ViolationResolved) -> dict[str, Any
 
 
 def _iso(time_us: int) -> str:
-    from schemas.common import format_time_us
+    from novaquota.schemas.common import format_time_us
 
     return format_time_us(time_us)
 

@@ -19,17 +19,17 @@ from faust import web
 from faust.exceptions import SameNode
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from schemas.amounts import from_micros
-from schemas.common import format_time_us
-from streams import observe
-from streams import quota as q
-from streams.app import tables_recovered
-from streams.auth import add_whoami_route, middleware
-from streams.errors import ApiError
-from streams.openapi import add_document_routes
+from novaquota.schemas.amounts import from_micros
+from novaquota.schemas.common import format_time_us
+from novaquota.streams import observe
+from novaquota.streams import quota as q
+from novaquota.streams.app import tables_recovered
+from novaquota.streams.auth import add_whoami_route, middleware
+from novaquota.streams.errors import ApiError
+from novaquota.streams.openapi import add_document_routes
 
 if TYPE_CHECKING:
-    from streams.app import QuotaApp
+    from novaquota.streams.app import QuotaApp
 
 __all__ = ["ApiError", "quota_rows", "register"]
 
@@ -116,10 +116,10 @@ def register(qa: QuotaApp) -> None:
             orjson.dumps(body), content_type="application/json", status=status, headers=headers
         )
 
-    from streams import checks
+    from novaquota.streams import checks
 
     checks.register(qa, json_response)
-    from streams import manage
+    from novaquota.streams import manage
 
     manage.register(qa, json_response)
     add_document_routes(web_app.router)
@@ -231,7 +231,7 @@ def register(qa: QuotaApp) -> None:
     async def hierarchy_view(self: web.View, request: web.Request) -> web.Response:
         """The tenant's projects with the users holding resources in each
         (``streams.hierarchy``), from the owner's committed state."""
-        from streams.hierarchy import Membership, read_instances
+        from novaquota.streams.hierarchy import Membership, read_instances
 
         try:
             if (request.query.get("level") or "tenant") != "tenant":
@@ -282,7 +282,7 @@ def register(qa: QuotaApp) -> None:
         """Read-only debug dump of the tenants on this worker's active partitions (tests):
         usage per entity (exact decimal strings), open episodes, quota count, watermark.
         A peer with the internal secret or an admin (the middleware checks)."""
-        from streams.enforce import SYSTEM, TenantRecord
+        from novaquota.streams.enforce import SYSTEM, TenantRecord
 
         topic = qa.resource_events.get_topic_name()
         parts = sorted(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic)

@@ -34,8 +34,8 @@ def kafka_bootstrap() -> Iterator[str]:
         with KafkaContainer("apache/kafka:4.4.0").with_kraft() as kafka:
             yield kafka.get_bootstrap_server()
         return
-    from ops import kafka_local
-    from streams.settings import Settings
+    from novaquota.ops import kafka_local
+    from novaquota.streams.settings import Settings
 
     settings = Settings()
     was_running = kafka_local.is_reachable(settings.bootstrap_servers)

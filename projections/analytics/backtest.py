@@ -233,7 +233,7 @@ def main(argv: Sequence[str]) -> int:
     text = json.dumps(report, indent=2)
     print(text)
     if args.out is not None:
-        from streams.settings import ensure_dir  # the CLI only: the package stays pure
+        from novaquota.streams.settings import ensure_dir  # the CLI only: the package stays pure
 
         ensure_dir(args.out.parent)
         args.out.write_text(text + "\n", encoding="utf-8")

@@ -14,8 +14,8 @@ from typing import Any, Final
 import numpy as np
 import pandas as pd
 
-from schemas.common import INTEGER_RESOURCES, RESOURCE_TYPES
-from schemas.templates import BUILTIN_TEMPLATES
+from novaquota.schemas.common import INTEGER_RESOURCES, RESOURCE_TYPES
+from novaquota.schemas.templates import BUILTIN_TEMPLATES
 
 from .exceptions import AnalyticsInputError
 from .series import DAY, prepare_hourly

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from streams.delivery.config import RetryPolicy
+from novaquota.streams.delivery.config import RetryPolicy
 
 __all__ = ["delay_after", "gives_up"]
 

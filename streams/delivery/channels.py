@@ -21,16 +21,16 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from streams.delivery.config import (
+from novaquota.streams.delivery.config import (
     Channel,
     EmailChannel,
     PagerDutyChannel,
     SlackChannel,
     WebhookChannel,
 )
-from streams.delivery.exceptions import DeliveryError
-from streams.delivery.records import Notification, dumps
-from streams.delivery.signing import signature_headers
+from novaquota.streams.delivery.exceptions import DeliveryError
+from novaquota.streams.delivery.records import Notification, dumps
+from novaquota.streams.delivery.signing import signature_headers
 
 __all__ = [
     "ATTEMPT_HEADER",

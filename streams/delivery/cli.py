@@ -18,10 +18,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from streams.delivery.config import DeliveryConfig, load_config
-from streams.delivery.exceptions import ConfigError
-from streams.delivery.settings import DeliverySettings
-from streams.settings import Settings
+from novaquota.streams.delivery.config import DeliveryConfig, load_config
+from novaquota.streams.delivery.exceptions import ConfigError
+from novaquota.streams.delivery.settings import DeliverySettings
+from novaquota.streams.settings import Settings
 
 __all__ = ["build_parser", "main", "summary"]
 
@@ -69,8 +69,8 @@ def summary(config: DeliveryConfig) -> dict[str, Any]:
 async def _serve(settings: Settings, dsettings: DeliverySettings, config: DeliveryConfig) -> int:
     from aiohttp import web
 
-    from streams.delivery.web import build_app
-    from streams.delivery.worker import DeliveryWorker
+    from novaquota.streams.delivery.web import build_app
+    from novaquota.streams.delivery.worker import DeliveryWorker
 
     worker = DeliveryWorker(settings, dsettings, config)
     stop = asyncio.Event()
@@ -93,7 +93,7 @@ async def _serve(settings: Settings, dsettings: DeliverySettings, config: Delive
 
 
 def main(argv: Sequence[str], settings: Settings | None = None) -> int:
-    from streams.logs import configure_logging
+    from novaquota.streams.logs import configure_logging
 
     args = build_parser().parse_args(list(argv))
     settings = settings or Settings()

@@ -28,8 +28,8 @@ from pydantic import (
     model_validator,
 )
 
-from schemas.common import AlertKind, Severity, ViolationKind
-from streams.delivery.exceptions import ConfigError
+from novaquota.schemas.common import AlertKind, Severity, ViolationKind
+from novaquota.streams.delivery.exceptions import ConfigError
 
 __all__ = [
     "KINDS",

@@ -13,10 +13,10 @@ from typing import Any
 
 import orjson
 
-from schemas.codec import decode_output
-from schemas.envelope import Envelope
-from schemas.exceptions import DecodeError
-from schemas.outputs import QuotaAlert, QuotaViolation, QuotaViolationResolved
+from novaquota.schemas.codec import decode_output
+from novaquota.schemas.envelope import Envelope
+from novaquota.schemas.exceptions import DecodeError
+from novaquota.schemas.outputs import QuotaAlert, QuotaViolation, QuotaViolationResolved
 
 __all__ = ["Notification", "dumps", "idempotency_key", "parse_record"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from streams.delivery.config import SEVERITIES, Route
+from novaquota.streams.delivery.config import SEVERITIES, Route
 
 __all__ = ["channels_for", "route_matches"]
 

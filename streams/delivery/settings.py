@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from streams.settings import DEFAULT_TOPIC_PREFIX, Settings
+from novaquota.streams.settings import DEFAULT_TOPIC_PREFIX, Settings
 
 __all__ = ["DeliverySettings"]
 

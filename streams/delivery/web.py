@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from streams.delivery.worker import DeliveryWorker
+from novaquota.streams.delivery.worker import DeliveryWorker
 
 __all__ = ["build_app"]
 

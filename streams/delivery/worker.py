@@ -26,18 +26,18 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
-from schemas.common import format_time_us
-from schemas.exceptions import DecodeError
-from streams.delivery.backoff import delay_after, gives_up
-from streams.delivery.channels import Sender, make_sender
-from streams.delivery.config import DeliveryConfig, RetryPolicy
-from streams.delivery.exceptions import DeliveryError
-from streams.delivery.metrics import DeliveryMetrics
-from streams.delivery.ratelimit import TokenBucket
-from streams.delivery.records import Notification, parse_record
-from streams.delivery.routing import channels_for
-from streams.delivery.settings import DeliverySettings
-from streams.settings import Settings
+from novaquota.schemas.common import format_time_us
+from novaquota.schemas.exceptions import DecodeError
+from novaquota.streams.delivery.backoff import delay_after, gives_up
+from novaquota.streams.delivery.channels import Sender, make_sender
+from novaquota.streams.delivery.config import DeliveryConfig, RetryPolicy
+from novaquota.streams.delivery.exceptions import DeliveryError
+from novaquota.streams.delivery.metrics import DeliveryMetrics
+from novaquota.streams.delivery.ratelimit import TokenBucket
+from novaquota.streams.delivery.records import Notification, parse_record
+from novaquota.streams.delivery.routing import channels_for
+from novaquota.streams.delivery.settings import DeliverySettings
+from novaquota.streams.settings import Settings
 
 __all__ = ["DeliveryWorker", "Redactor", "decode_marks", "encode_marks"]
 

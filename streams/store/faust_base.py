@@ -23,8 +23,8 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from streams import faust_compat
-from streams.store.tenant_store import Row, Staged
+from novaquota.streams import faust_compat
+from novaquota.streams.store.tenant_store import Row, Staged
 
 __all__ = ["ChangelogWriter", "FaustBase", "RdictBase", "rdict_scan"]
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from streams.store.records import tenant_of
-from streams.store.tenant_store import Staged, TenantStore
+from novaquota.streams.store.records import tenant_of
+from novaquota.streams.store.tenant_store import Staged, TenantStore
 
 __all__ = ["MemoryBase", "MemoryStore"]
 

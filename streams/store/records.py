@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from streams import quota as q
+from novaquota.streams import quota as q
 
 __all__ = [
     "IDENTITY",

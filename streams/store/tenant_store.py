@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from streams.store.records import (
+from novaquota.streams.store.records import (
     RECORD,
     SYSTEM,
     RecordCache,

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from ops.topics import create_topics
-from streams.settings import Settings
+from novaquota.ops.topics import create_topics
+from novaquota.streams.settings import Settings
 from tests.support.kafka import consume_all, produce_raw
 from tests.support.worker import WorkerProcess
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from novaquota.client import AsyncQuotaClient, ClientConfig, QuotaClient
-from streams.agents import home_partition
+from novaquota.streams.agents import home_partition
 from tests.integration.conftest import Stack
 from tests.support.events import command, vm_created
 

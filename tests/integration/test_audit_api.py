@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from ops.topics import create_topics
-from projections.audit import CHUNK, home_partition
+from novaquota.ops.topics import create_topics
+from novaquota.projections.audit import CHUNK, home_partition
 from tests.integration.conftest import Stack
 from tests.support.events import command
 from tests.support.http import call as http_call

@@ -18,17 +18,17 @@ from typing import Any
 
 import pytest
 
-from ops.topics import create_topics
-from projections.config import ProjectionSettings
-from projections.cost import load_catalogue
-from projections.http import build_app
-from projections.metrics import ProjectionMetrics
-from projections.store import MemoryStore
-from projections.worker import ProjectionWorker
-from streams.agents import home_partition
-from streams.auth import OPEN_PATHS, Access, anonymous
-from streams.settings import Settings
-from streams.tokens import revoke_token
+from novaquota.ops.topics import create_topics
+from novaquota.projections.config import ProjectionSettings
+from novaquota.projections.cost import load_catalogue
+from novaquota.projections.http import build_app
+from novaquota.projections.metrics import ProjectionMetrics
+from novaquota.projections.store import MemoryStore
+from novaquota.projections.worker import ProjectionWorker
+from novaquota.streams.agents import home_partition
+from novaquota.streams.auth import OPEN_PATHS, Access, anonymous
+from novaquota.streams.settings import Settings
+from novaquota.streams.tokens import revoke_token
 from tests.integration.conftest import Stack
 from tests.support.events import command
 from tests.support.http import call
@@ -149,7 +149,7 @@ def _routes(router: Any) -> set[tuple[str, str]]:
 
 
 def enforcement_routes(tmp: Path) -> set[tuple[str, str]]:
-    from streams.app import create_app
+    from novaquota.streams.app import create_app
 
     qa = create_app(Settings(data_dir=tmp / "routes", tokens_file=tmp / "none.json"))
     qa.app.web.init_server()

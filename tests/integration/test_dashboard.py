@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from ops.topics import create_topics
-from schemas.templates import BUILTIN_TEMPLATES
+from novaquota.ops.topics import create_topics
+from novaquota.schemas.templates import BUILTIN_TEMPLATES
 from tests.integration.conftest import Stack
 from tests.support.events import command, vm_created, vm_deleted
 from tests.support.worker import ProjectionProcess, WorkerProcess, free_port

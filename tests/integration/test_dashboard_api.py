@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from ops.topics import create_topics
+from novaquota.ops.topics import create_topics
 from tests.integration.conftest import Stack
 from tests.integration.test_auth import call
 from tests.support.events import cloudevent, command, vm_created

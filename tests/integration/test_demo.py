@@ -49,7 +49,7 @@ def _start(
         "PYTHONUNBUFFERED": "1",
     }
     argv = [
-        sys.executable, "-m", "ops.cli", "demo", "--rate", "40", "--tenants", "20",
+        sys.executable, "-m", "novaquota.ops.cli", "demo", "--rate", "40", "--tenants", "20",
         "--day-seconds", "30", "--projections-port", str(free_port()),
         "--log-dir", str(tmp_path / "logs"), *extra,
     ]  # fmt: skip

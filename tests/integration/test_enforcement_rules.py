@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from ops.topics import create_topics
+from novaquota.ops.topics import create_topics
 from tests.integration.conftest import Stack
 from tests.support.events import BASE_TIME, cloudevent, command, vm_created, vm_deleted
 

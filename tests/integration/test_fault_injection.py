@@ -35,9 +35,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from ops import kafka_local
-from ops.topics import create_topics
-from streams.settings import Settings
+from novaquota.ops import kafka_local
+from novaquota.ops.topics import create_topics
+from novaquota.streams.settings import Settings
 from tests.integration.conftest import Stack
 from tests.support import reference as ref
 from tests.support.kafka import consume_all, produce_raw

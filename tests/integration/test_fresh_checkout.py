@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
-from ops import kafka_local
-from streams.settings import Settings
+from novaquota.ops import kafka_local
+from novaquota.streams.settings import Settings
 from tests.support.worker import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(420)]

@@ -24,7 +24,7 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from ops.topics import create_topics
+from novaquota.ops.topics import create_topics
 from tests.integration.conftest import Stack
 from tests.support.events import BASE_TIME, cloudevent, command, iso
 from tests.support.kafka import produce_raw

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ops.topics import create_topics
-from streams.settings import Settings
+from novaquota.ops.topics import create_topics
+from novaquota.streams.settings import Settings
 from tests.support.events import dumps, vm_created
 from tests.support.kafka import consume_all, produce_raw
 from tests.support.worker import WorkerProcess

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from ops import kafka_local
-from streams.settings import Settings
+from novaquota.ops import kafka_local
+from novaquota.streams.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 

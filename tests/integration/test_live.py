@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from streams.agents import home_partition
+from novaquota.streams.agents import home_partition
 from tests.integration.conftest import Stack
 from tests.support.events import command, vm_created, vm_deleted
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from streams.agents import home_partition
+from novaquota.streams.agents import home_partition
 from tests.integration.conftest import Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

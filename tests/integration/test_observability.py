@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from streams.metrics import Metrics
-from streams.observe import ObserveConfig, Observer
-from streams.settings import Settings
+from novaquota.streams.metrics import Metrics
+from novaquota.streams.observe import ObserveConfig, Observer
+from novaquota.streams.settings import Settings
 from tests.integration.conftest import Stack
 from tests.support.events import command, vm_created, vm_deleted
 from tests.support.worker import free_port
@@ -188,7 +188,9 @@ def test_metrics_health_and_logs_match_what_happened(stack_factory: Callable[...
     assert all({"ts", "level", "logger", "message"} <= r.keys() for r in records)
     dead_logs = [r for r in records if r["message"].startswith("dead-lettered")]
     assert len(dead_logs) == len(BAD)
-    assert all(r["level"] == "WARNING" and r["logger"] == "streams.agents" for r in dead_logs)
+    assert all(
+        r["level"] == "WARNING" and r["logger"] == "novaquota.streams.agents" for r in dead_logs
+    )
 
     # a restarted worker (new state dir, tables restored from the changelogs) exports the same
     # top entities without any new event: it scans the partitions it is assigned

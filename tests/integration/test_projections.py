@@ -19,12 +19,12 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from ops.workload import Workload, WorkloadSpec
-from projections.config import ProjectionSettings
-from projections.cost import load_catalogue
-from projections.store import RocksStore
-from projections.views import entity_key, history, overview
-from projections.worker import ProjectionWorker
+from novaquota.ops.workload import Workload, WorkloadSpec
+from novaquota.projections.config import ProjectionSettings
+from novaquota.projections.cost import load_catalogue
+from novaquota.projections.store import RocksStore
+from novaquota.projections.views import entity_key, history, overview
+from novaquota.projections.worker import ProjectionWorker
 from tests.integration.conftest import Stack
 from tests.support import reference
 from tests.support.events import command, vm_created
@@ -248,7 +248,7 @@ def test_cli_run_serves_views_and_metrics_then_stops_cleanly(
     argv = [
         sys.executable,
         "-m",
-        "ops.cli",
+        "novaquota.ops.cli",
         "projections",
         "run",
         "--port",

@@ -58,7 +58,7 @@ def test_publish_cli_sends_valid_lines_and_reports_invalid_ones(
     path.write_text("\n".join(lines) + "\n")
     env = {**stack.workers[0].env}
     proc = subprocess.run(
-        [sys.executable, "-m", "ops.cli", "publish", "-q", str(path)],
+        [sys.executable, "-m", "novaquota.ops.cli", "publish", "-q", str(path)],
         env=env,
         capture_output=True,
         text=True,

@@ -12,11 +12,11 @@ from typing import Any
 import orjson
 import pytest
 
-from projections import compliance
-from projections import replay as replay_mod
-from projections.replay import ReplayResult, iso, parse_time
-from schemas.amounts import from_micros
-from streams import quota as q
+from novaquota.projections import compliance
+from novaquota.projections import replay as replay_mod
+from novaquota.projections.replay import ReplayResult, iso, parse_time
+from novaquota.schemas.amounts import from_micros
+from novaquota.streams import quota as q
 from tests.integration.conftest import Stack
 from tests.support.events import cloudevent, command, vm_created, vm_deleted
 
@@ -274,7 +274,7 @@ def test_replay_applies_the_workers_tick_records(
 def test_replay_of_a_missing_topic_set_is_a_clear_error(
     kafka_bootstrap: str, topic_prefix: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from streams.settings import Settings
+    from novaquota.streams.settings import Settings
 
     settings = Settings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix)
     assert replay_mod.main(["--until", "2026-11-01T00:00:00Z"], settings) == 2

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from ops import simulate
-from ops.processes import events_processed
+from novaquota.ops import simulate
+from novaquota.ops.processes import events_processed
 from tests.integration.conftest import Stack
 from tests.support import reference as ref
 

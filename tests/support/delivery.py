@@ -24,9 +24,9 @@ from typing import Any
 
 from aiohttp import web
 
-from schemas.codec import encode
-from schemas.outputs import QuotaAlert, QuotaViolation, QuotaViolationResolved
-from streams.delivery.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
+from novaquota.schemas.codec import encode
+from novaquota.schemas.outputs import QuotaAlert, QuotaViolation, QuotaViolationResolved
+from novaquota.streams.delivery.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from tests.support.worker import free_port
 
 __all__ = [
@@ -317,7 +317,7 @@ class DeliveryProcess:
     def start(self, *, wait_ready: bool = True) -> DeliveryProcess:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "ops.cli", "deliver"],
+                [sys.executable, "-m", "novaquota.ops.cli", "deliver"],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

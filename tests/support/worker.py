@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ops.processes import HarnessAuth
-from streams.tokens import create_token
+from novaquota.ops.processes import HarnessAuth
+from novaquota.streams.tokens import create_token
 
 __all__ = ["Credentials", "ProjectionProcess", "WorkerProcess", "free_port", "provision"]
 
@@ -94,7 +94,7 @@ class WorkerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ops.cli", "worker"],
+            [sys.executable, "-m", "novaquota.ops.cli", "worker"],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -203,7 +203,15 @@ class ProjectionProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> ProjectionProcess:
-        argv = [sys.executable, "-m", "ops.cli", "projections", "run", "--port", str(self.port)]
+        argv = [
+            sys.executable,
+            "-m",
+            "novaquota.ops.cli",
+            "projections",
+            "run",
+            "--port",
+            str(self.port),
+        ]
         argv += ["--data-dir", str(self.data_dir), "--no-emit"]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from streams.enforce import Enforcer
-from streams.store.memory import MemoryBase, MemoryStore
-from streams.store.records import IDENTITY
-from streams.store.tenant_store import TenantStore
+from novaquota.streams.enforce import Enforcer
+from novaquota.streams.store.memory import MemoryBase, MemoryStore
+from novaquota.streams.store.records import IDENTITY
+from novaquota.streams.store.tenant_store import TenantStore
 
 
 class StoreWorld:

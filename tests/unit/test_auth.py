@@ -12,7 +12,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from streams.auth import (
+from novaquota.streams.auth import (
     ACTIONS,
     ALLOWED,
     ROLES,
@@ -22,9 +22,9 @@ from streams.auth import (
     Principal,
     authorize,
 )
-from streams.errors import ApiError
-from streams.settings import Settings
-from streams.tokens import TokenStore, create_token, list_tokens, revoke_token
+from novaquota.streams.errors import ApiError
+from novaquota.streams.settings import Settings
+from novaquota.streams.tokens import TokenStore, create_token, list_tokens, revoke_token
 
 
 class Req:
@@ -106,7 +106,7 @@ def test_revoke_takes_effect_on_reload(tmp_path: Path) -> None:
 
 
 def test_create_refuses_bad_roles_scopes_and_duplicates(tmp_path: Path) -> None:
-    from streams.tokens import TokenError
+    from novaquota.streams.tokens import TokenError
 
     path = tmp_path / "tokens.json"
     for args in (("x", "root", None), ("x", "viewer", None), ("x", "admin", "acme")):

@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from streams import batch as batch_module
-from streams.batch import WRITE_FAILED_EXIT, Batch
-from streams.enforce import Emit
-from streams.store.memory import MemoryBase
-from streams.store.records import instance_key
-from streams.store.tenant_store import Staged, TenantStore
+from novaquota.streams import batch as batch_module
+from novaquota.streams.batch import WRITE_FAILED_EXIT, Batch
+from novaquota.streams.enforce import Emit
+from novaquota.streams.store.memory import MemoryBase
+from novaquota.streams.store.records import instance_key
+from novaquota.streams.store.tenant_store import Staged, TenantStore
 
 
 class Event:

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from ops import bench
-from streams.settings import Settings
+from novaquota.ops import bench
+from novaquota.streams.settings import Settings
 
 REPORT = {
     "when": "2026-11-28T12:00:00Z",
@@ -106,9 +106,9 @@ def test_every_section_has_the_common_signature() -> None:
 
 
 def test_optional_sections_record_why_they_were_skipped(tmp_path: Path) -> None:
-    got = bench._optional("ops.no_such_module_here", "section", x=1)
+    got = bench._optional("novaquota.ops.no_such_module_here", "section", x=1)
     assert "skipped" in got and "no_such_module_here" in got["skipped"]
-    got = bench._optional("ops.bench", "no_such_function")
+    got = bench._optional("novaquota.ops.bench", "no_such_function")
     assert "skipped" in got
 
 

@@ -19,7 +19,7 @@ from novaquota.client import (
     QuotaApiError,
     QuotaClient,
 )
-from schemas.api import CheckResponse
+from novaquota.schemas.api import CheckResponse
 
 FAST = ClientConfig(retries=3, backoff_seconds=0.001, backoff_max_seconds=0.002)
 

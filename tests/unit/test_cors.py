@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from projections.http import build_app
-from streams.auth import BearerAuth, bearer_token
-from streams.cors import parse_origins
-from streams.errors import ApiError
-from streams.settings import Settings
-from streams.tokens import TokenStore, create_token
+from novaquota.projections.http import build_app
+from novaquota.streams.auth import BearerAuth, bearer_token
+from novaquota.streams.cors import parse_origins
+from novaquota.streams.errors import ApiError
+from novaquota.streams.settings import Settings
+from novaquota.streams.tokens import TokenStore, create_token
 from tests.unit.test_projections_http import worker
 
 DASH = "https://dash.example.com"
@@ -23,7 +23,7 @@ DASH = "https://dash.example.com"
 async def _ask(
     origins: str, requests: list[tuple[str, str, dict[str, str]]]
 ) -> list[tuple[int, dict[str, str]]]:
-    from streams.auth import Access
+    from novaquota.streams.auth import Access
 
     w = worker()
     w.settings = Settings(topic_prefix="unit.", cors_origins=origins)

@@ -16,24 +16,30 @@ from typing import Any
 import pytest
 import yaml
 
-from schemas.exceptions import DecodeError
-from streams.delivery.backoff import delay_after, gives_up
-from streams.delivery.channels import (
+from novaquota.schemas.exceptions import DecodeError
+from novaquota.streams.delivery.backoff import delay_after, gives_up
+from novaquota.streams.delivery.channels import (
     email_message,
     pagerduty_event,
     slack_payload,
     webhook_body,
     webhook_headers,
 )
-from streams.delivery.cli import main as deliver_main
-from streams.delivery.cli import summary
-from streams.delivery.config import EmailChannel, RetryPolicy, Route, load_config, parse_config
-from streams.delivery.exceptions import ConfigError
-from streams.delivery.ratelimit import TokenBucket
-from streams.delivery.records import parse_record
-from streams.delivery.routing import channels_for
-from streams.delivery.signing import sign, verify
-from streams.delivery.worker import Redactor, _Partition, decode_marks, encode_marks
+from novaquota.streams.delivery.cli import main as deliver_main
+from novaquota.streams.delivery.cli import summary
+from novaquota.streams.delivery.config import (
+    EmailChannel,
+    RetryPolicy,
+    Route,
+    load_config,
+    parse_config,
+)
+from novaquota.streams.delivery.exceptions import ConfigError
+from novaquota.streams.delivery.ratelimit import TokenBucket
+from novaquota.streams.delivery.records import parse_record
+from novaquota.streams.delivery.routing import channels_for
+from novaquota.streams.delivery.signing import sign, verify
+from novaquota.streams.delivery.worker import Redactor, _Partition, decode_marks, encode_marks
 from tests.support.delivery import alert_record, resolved_record, violation_record
 
 REPO = Path(__file__).resolve().parents[2]
@@ -515,8 +521,8 @@ def test_commit_metadata_is_tolerant_and_bounded() -> None:
 
 
 def test_topics_create_makes_the_delivery_dead_letter_topic() -> None:
-    from ops.topics import THIRTY_DAYS_MS, catalogue
-    from streams.settings import Settings
+    from novaquota.ops.topics import THIRTY_DAYS_MS, catalogue
+    from novaquota.streams.settings import Settings
 
     specs = {s.name: s for s in catalogue(Settings(topic_prefix="x."))}
     spec = specs["x.delivery-dead-letter"]

@@ -9,11 +9,11 @@ from typing import Any
 import orjson
 import pytest
 
-from schemas.codec import decode
-from streams.enforce import Identities, InjectedFault, Rejection
-from streams.quota.units import SEC_US
-from streams.store.records import IDENTITY
-from streams.translate import with_tenant
+from novaquota.schemas.codec import decode
+from novaquota.streams.enforce import Identities, InjectedFault, Rejection
+from novaquota.streams.quota.units import SEC_US
+from novaquota.streams.store.records import IDENTITY
+from novaquota.streams.translate import with_tenant
 from tests.support.world import StoreWorld
 
 T0 = datetime(2026, 11, 20, 10, tzinfo=UTC)

@@ -31,12 +31,12 @@ from typing import Any, Literal
 from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 
-from schemas.codec import DecodeLimits, decode
-from schemas.exceptions import DecodeError
-from schemas.outputs import OUTPUT_MODELS
-from streams.enforce import Emit, Rejection
-from streams.settings import Settings
-from streams.translate import with_tenant
+from novaquota.schemas.codec import DecodeLimits, decode
+from novaquota.schemas.exceptions import DecodeError
+from novaquota.schemas.outputs import OUTPUT_MODELS
+from novaquota.streams.enforce import Emit, Rejection
+from novaquota.streams.settings import Settings
+from novaquota.streams.translate import with_tenant
 from tests.support import reference
 from tests.support.world import StoreWorld
 

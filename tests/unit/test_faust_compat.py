@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streams import faust_compat
+from novaquota.streams import faust_compat
 
 N = 60
 TP = ("events", 0)

@@ -23,7 +23,7 @@ from faust.transport.consumer import Consumer
 from faust.types import TP
 from mode.utils.futures import maybe_async
 
-from streams import faust_compat
+from novaquota.streams import faust_compat
 
 TP0 = TP("events", 0)
 
@@ -402,7 +402,7 @@ def test_a_record_passed_over_without_a_seek_stops_the_partition_and_seeks_back(
             await stop_flow_while_handing_over(w)
         return w
 
-    with caplog.at_level(logging.INFO, logger="streams.faust_compat"):
+    with caplog.at_level(logging.INFO, logger="novaquota.streams.faust_compat"):
         w = run(scenario())
     assert w.seen == list(range(w.n))
     assert w.log.seeks == [0]

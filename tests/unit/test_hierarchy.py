@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from streams import quota as q
-from streams.hierarchy import Membership
-from streams.quota.inputs import Scope
+from novaquota.streams import quota as q
+from novaquota.streams.hierarchy import Membership
+from novaquota.streams.quota.inputs import Scope
 
 
 def instance(project: str | None, user: str | None, live: bool = True) -> q.InstanceState:
@@ -51,9 +51,9 @@ def test_an_empty_tenant_has_no_projects_and_no_users() -> None:
 def test_instances_are_read_in_chunks_up_to_the_limit() -> None:
     import asyncio
 
-    from streams.hierarchy import read_instances
-    from streams.store.memory import MemoryBase
-    from streams.store.records import instance_key
+    from novaquota.streams.hierarchy import read_instances
+    from novaquota.streams.store.memory import MemoryBase
+    from novaquota.streams.store.records import instance_key
 
     base = MemoryBase()
     rows = base.rows.setdefault((b"i", "t1"), {})

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from ops import kafka_local
+from novaquota.ops import kafka_local
 
 
 def test_cluster_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:

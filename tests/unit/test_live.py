@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from streams.errors import ApiError
-from streams.live import (
+from novaquota.streams.errors import ApiError
+from novaquota.streams.live import (
     Filters,
     Subscriber,
     UsageDiff,
@@ -159,7 +159,7 @@ def test_the_diff_sends_changed_rows_and_zeroes_what_disappeared() -> None:
 def test_the_hub_hands_every_tenant_s_violations_to_all_tenants_subscribers_only() -> None:
     import orjson
 
-    from streams.live_web import LiveHub
+    from novaquota.streams.live_web import LiveHub
 
     topics = SimpleNamespace(live="live", quota_violations="violations", quota_alerts="alerts")
     gauge = SimpleNamespace(set=lambda n: None)

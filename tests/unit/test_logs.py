@@ -10,7 +10,7 @@ from decimal import Decimal
 
 import pytest
 
-from streams.logs import (
+from novaquota.streams.logs import (
     JsonFormatter,
     TextFormatter,
     configure_logging,
@@ -18,14 +18,14 @@ from streams.logs import (
     log_level_of,
     logging_config,
 )
-from streams.runner import worker_argv
-from streams.settings import Settings
+from novaquota.streams.runner import worker_argv
+from novaquota.streams.settings import Settings
 
 
 def _record(msg: str, *args: object, **extra: object) -> logging.LogRecord:
-    logger = logging.getLogger("streams.agents")
+    logger = logging.getLogger("novaquota.streams.agents")
     rec = logger.makeRecord(
-        "streams.agents", logging.WARNING, __file__, 1, msg, args, None, extra=extra
+        "novaquota.streams.agents", logging.WARNING, __file__, 1, msg, args, None, extra=extra
     )
     rec.created = 1_795_870_000.25  # 2026-11-28T12:46:40.250Z
     return rec
@@ -39,7 +39,7 @@ def test_json_line_carries_extras_as_fields() -> None:
     assert body == {
         "ts": "2026-11-28T12:46:40.250Z",
         "level": "WARNING",
-        "logger": "streams.agents",
+        "logger": "novaquota.streams.agents",
         "message": "dead-lettered t[0]@5: malformed_json",
         "event_id": "ev-1",
         "tenant_id": "a",
@@ -128,7 +128,7 @@ def test_worker_logging_config_is_a_valid_dict_config(monkeypatch: pytest.Monkey
     cfg = logging_config(Settings(log_level="ERROR"))
     assert cfg["disable_existing_loggers"] is False
     assert cfg["root"]["level"] == logging.ERROR
-    assert cfg["formatters"]["novaquota"]["()"] == "streams.logs.TextFormatter"
+    assert cfg["formatters"]["novaquota"]["()"] == "novaquota.streams.logs.TextFormatter"
 
 
 def test_worker_argv_leaves_out_the_banner_for_json(monkeypatch: pytest.MonkeyPatch) -> None:

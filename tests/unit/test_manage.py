@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 
-from schemas.codec import decode, encode
-from schemas.commands import Command, QuotaDeleted, QuotaSet, TemplateApplied
-from streams.auth import Principal, authorize_limit_change
-from streams.enforce import Identities
-from streams.errors import ApiError
-from streams.manage import Manager, Target, parse_wait
-from streams.store.memory import MemoryBase
-from streams.store.records import (
+from novaquota.schemas.codec import decode, encode
+from novaquota.schemas.commands import Command, QuotaDeleted, QuotaSet, TemplateApplied
+from novaquota.streams.auth import Principal, authorize_limit_change
+from novaquota.streams.enforce import Identities
+from novaquota.streams.errors import ApiError
+from novaquota.streams.manage import Manager, Target, parse_wait
+from novaquota.streams.store.memory import MemoryBase
+from novaquota.streams.store.records import (
     IDENTITY,
     REJECTION,
     identity_key,
@@ -24,7 +24,7 @@ from streams.store.records import (
     rejection_value,
     tenant_of,
 )
-from streams.store.tenant_store import TenantStore
+from novaquota.streams.store.tenant_store import TenantStore
 from tests.support.world import StoreWorld
 
 TENANT_ADMIN = Principal("token:ops", "tenant-admin", "acme")

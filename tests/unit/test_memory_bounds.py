@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.store.records import RecordCache
+from novaquota.streams.store.records import RecordCache
 from tests.support.world import StoreWorld
 
 
@@ -41,9 +41,9 @@ def test_enforcer_cache_stays_inside_its_byte_budget() -> None:
 
     import orjson
 
-    from ops.workload import bulk_load
-    from schemas.codec import decode
-    from streams.translate import with_tenant
+    from novaquota.ops.workload import bulk_load
+    from novaquota.schemas.codec import decode
+    from novaquota.streams.translate import with_tenant
 
     budget = 200_000
     w = StoreWorld(cache_bytes=budget)
@@ -69,8 +69,8 @@ def test_rocksdb_databases_share_one_cache(tmp_path: Path) -> None:
     rocksdict = pytest.importorskip("rocksdict")
     from faust.stores.rocksdb import RocksDBOptions
 
-    from streams.faust_compat import _shared_rocksdb, share_rocksdb_memory
-    from streams.store.rocksdb import rocksdb_options
+    from novaquota.streams.faust_compat import _shared_rocksdb, share_rocksdb_memory
+    from novaquota.streams.store.rocksdb import rocksdb_options
 
     share_rocksdb_memory(64 * 2**20)
     cache = _shared_rocksdb["cache"]
@@ -93,7 +93,7 @@ def test_rocksdb_databases_share_one_cache(tmp_path: Path) -> None:
 def test_malloc_arenas_are_capped_where_glibc_is() -> None:
     import ctypes.util
 
-    from streams.runner import limit_malloc_arenas
+    from novaquota.streams.runner import limit_malloc_arenas
 
     assert limit_malloc_arenas(0) is False  # 0 leaves glibc's default alone
     libc = os.confstr("CS_GNU_LIBC_VERSION") or ""

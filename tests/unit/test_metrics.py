@@ -8,8 +8,8 @@ import random
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from streams.metrics import EntityRow, Metrics, TopEntities, consumer_lag
-from streams.observe import ObserveConfig, entity_rows
+from novaquota.streams.metrics import EntityRow, Metrics, TopEntities, consumer_lag
+from novaquota.streams.observe import ObserveConfig, entity_rows
 
 from .test_quota_support import World
 

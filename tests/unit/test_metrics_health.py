@@ -12,14 +12,14 @@ import pytest
 from faust.types import TP
 from prometheus_client import CollectorRegistry
 
-from streams import observe
-from streams.agents import home_partition
-from streams.enforce import TenantRecord
-from streams.metrics import Metrics
-from streams.settings import Settings
-from streams.store.faust_base import FaustBase
-from streams.store.records import record_key
-from streams.store.tenant_store import TenantStore
+from novaquota.streams import observe
+from novaquota.streams.agents import home_partition
+from novaquota.streams.enforce import TenantRecord
+from novaquota.streams.metrics import Metrics
+from novaquota.streams.settings import Settings
+from novaquota.streams.store.faust_base import FaustBase
+from novaquota.streams.store.records import record_key
+from novaquota.streams.store.tenant_store import TenantStore
 
 from .test_quota_support import World
 

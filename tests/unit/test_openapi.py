@@ -11,12 +11,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from openapi_spec_validator import validate
 
-from projections.http import build_app
-from streams.api_routes import ROUTES, Server
-from streams.app import create_app
-from streams.auth import Access, anonymous
-from streams.openapi import docs_html, openapi_document
-from streams.settings import Settings
+from novaquota.projections.http import build_app
+from novaquota.streams.api_routes import ROUTES, Server
+from novaquota.streams.app import create_app
+from novaquota.streams.auth import Access, anonymous
+from novaquota.streams.openapi import docs_html, openapi_document
+from novaquota.streams.settings import Settings
 from tests.unit.test_projections_http import worker
 
 

@@ -20,8 +20,8 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from projections.metrics import ProjectionMetrics
-from streams.metrics import Metrics
+from novaquota.projections.metrics import ProjectionMetrics
+from novaquota.streams.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 PROM = ROOT / "ops" / "prometheus"

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from projections.analytics import AnalyticsInputError, Anomaly, detect_anomalies
-from projections.analytics.backtest import seasonal_series
+from novaquota.projections.analytics import AnalyticsInputError, Anomaly, detect_anomalies
+from novaquota.projections.analytics.backtest import seasonal_series
 
 SERIES = 60
 DAYS = 28

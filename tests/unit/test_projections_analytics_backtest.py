@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from projections.analytics import AnalyticsInputError
-from projections.analytics.backtest import main, run_backtest, seasonal_series
+from novaquota.projections.analytics import AnalyticsInputError
+from novaquota.projections.analytics.backtest import main, run_backtest, seasonal_series
 
 
 def test_seasonal_series_is_realistic_and_reproducible() -> None:

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from projections.analytics import (
+from novaquota.projections.analytics import (
     AnalyticsInputError,
     Exhaustion,
     Forecast,
@@ -22,7 +22,7 @@ from projections.analytics import (
     smape,
     time_to_exhaustion,
 )
-from projections.analytics.backtest import seasonal_series
+from novaquota.projections.analytics.backtest import seasonal_series
 
 START = pd.Timestamp("2026-03-02", tz="UTC")
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from projections.analytics import (
+from novaquota.projections.analytics import (
     AnalyticsInputError,
     QuotaRecommendation,
     recommend_tier,

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from aiokafka import TopicPartition
 
-from projections.audit import (
+from novaquota.projections.audit import (
     CHUNK,
     AuditQuery,
     AuditReader,
@@ -23,10 +23,10 @@ from projections.audit import (
     match,
     parse_query,
 )
-from projections.exceptions import QueryError
-from streams.agents import home_partition as worker_home_partition
-from streams.errors import ApiError
-from streams.settings import Settings
+from novaquota.projections.exceptions import QueryError
+from novaquota.streams.agents import home_partition as worker_home_partition
+from novaquota.streams.errors import ApiError
+from novaquota.streams.settings import Settings
 
 
 def _value(
@@ -281,7 +281,7 @@ def test_an_empty_or_truncated_partition() -> None:
 
 
 def test_replays_are_bounded_in_number_and_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    import projections.replay as replay_mod
+    import novaquota.projections.replay as replay_mod
 
     started = threading.Event()
     release = threading.Event()

@@ -10,8 +10,8 @@ from typing import Any
 import orjson
 import pytest
 
-from projections.compliance import buckets, build_report, main
-from projections.replay import ArgumentError, parse_time, replay_records
+from novaquota.projections.compliance import buckets, build_report, main
+from novaquota.projections.replay import ArgumentError, parse_time, replay_records
 from tests.support.events import command, vm_created, vm_deleted
 
 from .test_projections_replay import SETTINGS, Log, at, quota_set

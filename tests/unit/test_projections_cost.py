@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from projections.cost import (
+from novaquota.projections.cost import (
     DEFAULT_PRICES,
     HOURS_PER_MONTH,
     crossing_time,
@@ -15,10 +15,10 @@ from projections.cost import (
     load_catalogue,
     month_bounds,
 )
-from projections.emit import budget_outputs, output_id
-from projections.exceptions import PricingError
-from projections.folds import FoldParams, ProjectionState, fold_batch
-from schemas.codec import decode_output
+from novaquota.projections.emit import budget_outputs, output_id
+from novaquota.projections.exceptions import PricingError
+from novaquota.projections.folds import FoldParams, ProjectionState, fold_batch
+from novaquota.schemas.codec import decode_output
 from tests.unit.test_projections_folds import T0_US, cmd, vm
 
 HOUR = 3600 * 1_000_000

@@ -8,15 +8,15 @@ from typing import Any
 
 import pytest
 
-from projections.cost import level_at, minute_series
-from projections.folds import (
+from novaquota.projections.cost import level_at, minute_series
+from novaquota.projections.folds import (
     MINUTE_US,
     FoldParams,
     ProjectionState,
     fold_batch,
     fold_violation,
 )
-from schemas.codec import Decoded, decode
+from novaquota.schemas.codec import Decoded, decode
 
 T0 = datetime(2026, 11, 2, tzinfo=UTC)
 T0_US = int(T0.timestamp()) * 1_000_000

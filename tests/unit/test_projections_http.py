@@ -8,15 +8,15 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from projections.config import ProjectionSettings
-from projections.cost import load_catalogue
-from projections.folds import FoldParams, fold_batch
-from projections.http import build_app
-from projections.metrics import ProjectionMetrics
-from projections.store import MemoryStore
-from projections.worker import ProjectionWorker
-from streams.auth import Access, anonymous
-from streams.settings import Settings
+from novaquota.projections.config import ProjectionSettings
+from novaquota.projections.cost import load_catalogue
+from novaquota.projections.folds import FoldParams, fold_batch
+from novaquota.projections.http import build_app
+from novaquota.projections.metrics import ProjectionMetrics
+from novaquota.projections.store import MemoryStore
+from novaquota.projections.worker import ProjectionWorker
+from novaquota.streams.auth import Access, anonymous
+from novaquota.streams.settings import Settings
 from tests.unit.test_projections_folds import cmd, vm
 
 

@@ -11,9 +11,9 @@ from typing import Any
 from aiohttp.test_utils import TestClient, TestServer
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
-from projections.folds import fold_violation
-from projections.http import build_app
-from projections.operations import (
+from novaquota.projections.folds import fold_violation
+from novaquota.projections.http import build_app
+from novaquota.projections.operations import (
     RECENT,
     WINDOW_MS,
     DeadLetters,
@@ -23,7 +23,7 @@ from projections.operations import (
     open_violations_by_kind,
     workers_view,
 )
-from streams.auth import Access, Principal
+from novaquota.streams.auth import Access, Principal
 from tests.unit.test_projections_http import worker
 
 NOW = 1_800_000_000_000

@@ -11,9 +11,9 @@ import orjson
 import pytest
 from aiokafka.partitioner import murmur2
 
-from ops.workload import Workload, WorkloadSpec
-from projections.log import LogRecord, merge
-from projections.replay import (
+from novaquota.ops.workload import Workload, WorkloadSpec
+from novaquota.projections.log import LogRecord, merge
+from novaquota.projections.replay import (
     ArgumentError,
     build_replay_report,
     main,
@@ -21,11 +21,11 @@ from projections.replay import (
     percent,
     replay_records,
 )
-from schemas.amounts import from_micros
-from schemas.common import datetime_to_us
-from streams import quota as q
-from streams.quota.units import split_entity_key
-from streams.settings import Settings
+from novaquota.schemas.amounts import from_micros
+from novaquota.schemas.common import datetime_to_us
+from novaquota.streams import quota as q
+from novaquota.streams.quota.units import split_entity_key
+from novaquota.streams.settings import Settings
 from tests.support import reference
 from tests.support.events import BASE_TIME, cloudevent, command, vm_created, vm_deleted
 
@@ -328,7 +328,7 @@ def test_final_tick_fires_expiries_due_by_until() -> None:
 
 
 def test_logged_tick_records_fire_expiries_where_the_worker_did() -> None:
-    from streams.agents import home_partition  # the worker's own routing
+    from novaquota.streams.agents import home_partition  # the worker's own routing
 
     log = burst_log()
     home = home_partition("acme", SETTINGS.partitions)
@@ -471,7 +471,7 @@ def test_novaquota_replay_exits_2_on_bad_input() -> None:
     import sys
 
     proc = subprocess.run(
-        [sys.executable, "-m", "ops.cli", "replay", "--until", "soon"],
+        [sys.executable, "-m", "novaquota.ops.cli", "replay", "--until", "soon"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -513,7 +513,7 @@ def test_replayed_usage_matches_the_independent_reference_on_a_workload() -> Non
 
 
 def test_streaming_merge_waits_until_every_partition_has_a_record() -> None:
-    from projections.log import Merger
+    from novaquota.projections.log import Merger
 
     def r(p: int, o: int, ts: int) -> LogRecord:
         return LogRecord(EVENTS, p, o, ts, None, b"")

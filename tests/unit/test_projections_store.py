@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from projections.folds import FoldParams, ProjectionState, fold_batch
-from projections.store import MemoryStore, RocksStore, ViewStore
+from novaquota.projections.folds import FoldParams, ProjectionState, fold_batch
+from novaquota.projections.store import MemoryStore, RocksStore, ViewStore
 from tests.unit.test_projections_folds import api, cmd, net, vm
 
 

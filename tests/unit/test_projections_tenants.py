@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from projections.cost import load_catalogue
-from projections.exceptions import QueryError
-from projections.folds import FoldParams, ProjectionState, fold_batch, fold_violation
-from projections.http import build_app
-from projections.tenants import tenant_rows, tenants_page, usage_now
-from projections.views import _usage_now
-from streams.auth import Access, Principal
+from novaquota.projections.cost import load_catalogue
+from novaquota.projections.exceptions import QueryError
+from novaquota.projections.folds import FoldParams, ProjectionState, fold_batch, fold_violation
+from novaquota.projections.http import build_app
+from novaquota.projections.tenants import tenant_rows, tenants_page, usage_now
+from novaquota.projections.views import _usage_now
+from novaquota.streams.auth import Access, Principal
 from tests.unit.test_projections_folds import cmd, ev, vm
 from tests.unit.test_projections_http import worker
 

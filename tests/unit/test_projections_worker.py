@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
-from projections.config import ProjectionSettings
-from projections.emit import Emission
-from projections.folds import FoldParams, fold_batch
-from projections.metrics import ProjectionMetrics
-from projections.store import MemoryStore
-from projections.worker import ProjectionWorker
-from streams.settings import Settings
+from novaquota.projections.config import ProjectionSettings
+from novaquota.projections.emit import Emission
+from novaquota.projections.folds import FoldParams, fold_batch
+from novaquota.projections.metrics import ProjectionMetrics
+from novaquota.projections.store import MemoryStore
+from novaquota.projections.worker import ProjectionWorker
+from novaquota.streams.settings import Settings
 from tests.unit.test_projections_folds import cmd, vm
 
 

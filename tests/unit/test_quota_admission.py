@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from streams.quota import (
+from novaquota.streams.quota import (
     AdmissionRequest,
     RateLimitSet,
     Scope,

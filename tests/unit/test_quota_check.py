@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streams.quota import Scope, check, quota_of, usage_of, utilization_view
+from novaquota.streams.quota import Scope, check, quota_of, usage_of, utilization_view
 
 from .test_quota_support import M, World, at
 

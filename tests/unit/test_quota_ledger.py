@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from streams.quota import (
+from novaquota.streams.quota import (
     Allocation,
     Inventory,
     QuotaSet,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streams.quota import (
+from novaquota.streams.quota import (
     Config,
     Output,
     ReservationCancelled,
@@ -11,7 +11,7 @@ from streams.quota import (
     reserved_of,
     utilization_view,
 )
-from streams.quota.inputs import QuotaDeleted, Scope
+from novaquota.streams.quota.inputs import QuotaDeleted, Scope
 
 from .test_quota_support import (
     M,

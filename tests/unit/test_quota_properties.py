@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streams.quota import (
+from novaquota.streams.quota import (
     Alert,
     Allocation,
     GaugeSample,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from streams.quota import (
+from novaquota.streams.quota import (
     STATE_VERSION,
     BudgetSet,
     InstanceState,
@@ -88,7 +88,7 @@ def test_tenant_state_round_trip_is_exact() -> None:
 def test_restored_state_decides_like_the_original() -> None:
     w = _rich_world()
     twin = TenantState.from_bytes(w.st.to_bytes())
-    from streams.quota import apply
+    from novaquota.streams.quota import apply
 
     a = apply(w.st, dict(w.inst), Tick(at(500)))
     b = apply(twin, dict(w.inst), Tick(at(500)))

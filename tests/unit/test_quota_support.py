@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from streams.quota import (
+from novaquota.streams.quota import (
     DEFAULT_CONFIG,
     MICRO,
     SEC_US,
@@ -25,7 +25,7 @@ from streams.quota import (
     ViolationResolved,
     apply,
 )
-from streams.quota.inputs import Input
+from novaquota.streams.quota.inputs import Input
 
 M = MICRO
 S = SEC_US

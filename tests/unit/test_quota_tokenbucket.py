@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streams.quota import (
+from novaquota.streams.quota import (
     Bucket,
     RateLimitSet,
     bucket_of,

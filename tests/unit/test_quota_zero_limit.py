@@ -18,15 +18,15 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from projections.analytics.recommend import right_size
-from projections.cost import load_catalogue
-from projections.emit import ForecastJob, budget_outputs, forecast_alerts
-from projections.folds import FoldParams, ProjectionState, fold_batch
-from projections.views import analytics, history, overview
-from schemas.codec import decode_output
-from schemas.outputs import QuotaAlert
-from streams.quota import Output, Scope, check, utilization_view
-from streams.translate import encode_output
+from novaquota.projections.analytics.recommend import right_size
+from novaquota.projections.cost import load_catalogue
+from novaquota.projections.emit import ForecastJob, budget_outputs, forecast_alerts
+from novaquota.projections.folds import FoldParams, ProjectionState, fold_batch
+from novaquota.projections.views import analytics, history, overview
+from novaquota.schemas.codec import decode_output
+from novaquota.schemas.outputs import QuotaAlert
+from novaquota.streams.quota import Output, Scope, check, utilization_view
+from novaquota.streams.translate import encode_output
 from tests.unit.test_projections_cost import budget_state
 from tests.unit.test_projections_folds import T0_US, cmd, ev
 

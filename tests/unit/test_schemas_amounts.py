@@ -12,10 +12,22 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from schemas import decode, from_micros, instance_key, instance_key_for, is_release, resources_of
-from schemas.allocation import ALLOCATION_TYPES, GAUGE_TYPES, RELEASE_TYPES, WINDOWED_TYPES
-from schemas.amounts import to_micros
-from schemas.resource_events import RESOURCE_EVENT_MODELS, InventoryReported
+from novaquota.schemas import (
+    decode,
+    from_micros,
+    instance_key,
+    instance_key_for,
+    is_release,
+    resources_of,
+)
+from novaquota.schemas.allocation import (
+    ALLOCATION_TYPES,
+    GAUGE_TYPES,
+    RELEASE_TYPES,
+    WINDOWED_TYPES,
+)
+from novaquota.schemas.amounts import to_micros
+from novaquota.schemas.resource_events import RESOURCE_EVENT_MODELS, InventoryReported
 
 SAMPLES: dict[str, dict[str, Any]] = json.loads(
     (Path(__file__).parent / "data" / "schema_samples.json").read_text()

@@ -17,7 +17,7 @@ from cloudevents.v1.http import CloudEvent as V1CloudEvent
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas import (
+from novaquota.schemas import (
     COMMAND_MODELS,
     MODELS,
     OUTPUT_MODELS,
@@ -31,10 +31,10 @@ from schemas import (
     encode,
     encode_binary,
 )
-from schemas.amounts import RESOURCE_DECIMALS
-from schemas.common import RESOURCE_TYPES
-from schemas.exceptions import REASONS
-from schemas.resource_events import VmCreated
+from novaquota.schemas.amounts import RESOURCE_DECIMALS
+from novaquota.schemas.common import RESOURCE_TYPES
+from novaquota.schemas.exceptions import REASONS
+from novaquota.schemas.resource_events import VmCreated
 
 DATA_DIR = Path(__file__).parent / "data"
 SAMPLES: dict[str, dict[str, Any]] = json.loads((DATA_DIR / "schema_samples.json").read_text())

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from schemas import (
+from novaquota.schemas import (
     BUILTIN_TEMPLATES,
     BudgetSet,
     QuotaSet,
@@ -17,7 +17,7 @@ from schemas import (
     TemplateSpec,
     expand_template,
 )
-from schemas.commands import BUILTIN_TEMPLATE_NAMES, RateLimitSet
+from novaquota.schemas.commands import BUILTIN_TEMPLATE_NAMES, RateLimitSet
 
 BASE: dict[str, Any] = {
     "actor": "ops@acme",

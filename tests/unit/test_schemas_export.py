@@ -9,8 +9,15 @@ from typing import Any
 import orjson
 import pytest
 
-from schemas import MODELS, DecodeError, decode, export_json_schemas, register_upcaster, versions
-from schemas.resource_events import VmCreated
+from novaquota.schemas import (
+    MODELS,
+    DecodeError,
+    decode,
+    export_json_schemas,
+    register_upcaster,
+    versions,
+)
+from novaquota.schemas.resource_events import VmCreated
 
 
 def test_export_writes_one_valid_schema_per_type(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streams.settings import Settings
+from novaquota.streams.settings import Settings
 
 
 @pytest.fixture(autouse=True)

@@ -8,9 +8,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from ops import simulate
-from ops.workload import WorkloadSpec
-from streams.settings import Settings
+from novaquota.ops import simulate
+from novaquota.ops.workload import WorkloadSpec
+from novaquota.streams.settings import Settings
 
 
 def _run(tmp_path: Path, name: str, *extra: str) -> bytes:

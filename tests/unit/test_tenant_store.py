@@ -9,13 +9,13 @@ from typing import Any
 import orjson
 import pytest
 
-from schemas.codec import decode
-from streams.enforce import InjectedFault, InstanceRows
-from streams.store.faust_base import ChangelogWriter
-from streams.store.memory import MemoryBase
-from streams.store.records import TenantRecord, instance_key, record_key
-from streams.store.tenant_store import TenantStore
-from streams.translate import with_tenant
+from novaquota.schemas.codec import decode
+from novaquota.streams.enforce import InjectedFault, InstanceRows
+from novaquota.streams.store.faust_base import ChangelogWriter
+from novaquota.streams.store.memory import MemoryBase
+from novaquota.streams.store.records import TenantRecord, instance_key, record_key
+from novaquota.streams.store.tenant_store import TenantStore
+from novaquota.streams.translate import with_tenant
 from tests.support.world import StoreWorld
 
 T0 = datetime(2026, 11, 20, 10, tzinfo=UTC)
@@ -207,7 +207,7 @@ def test_a_partition_scan_sees_the_staged_batch() -> None:
     """The worker indexes a newly owned partition (deadlines for ticks, totals) while a batch
     may be staged: the scan must see the staged records, or a burst opened by the batch would
     have its expiry deadline overwritten by the committed record before it, and never fire."""
-    from streams.quota import next_deadline
+    from novaquota.streams.quota import next_deadline
 
     w = World(batched=True)
     burst = _msg(

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from projections.exceptions import QueryError
-from projections.views import parse_time
-from schemas.common import datetime_to_us, format_time_us, parse_time_us
+from novaquota.projections.exceptions import QueryError
+from novaquota.projections.views import parse_time
+from novaquota.schemas.common import datetime_to_us, format_time_us, parse_time_us
 from tests.unit.test_projections_http import get
 
 EDGES = [

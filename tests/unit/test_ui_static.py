@@ -9,15 +9,15 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from projections.config import ProjectionSettings
-from projections.cost import load_catalogue
-from projections.http import build_app
-from projections.metrics import ProjectionMetrics
-from projections.store import MemoryStore
-from projections.ui import UI_DIR, report_style_source
-from projections.worker import ProjectionWorker
-from streams.auth import Access, BearerAuth
-from streams.settings import Settings
+from novaquota.projections.config import ProjectionSettings
+from novaquota.projections.cost import load_catalogue
+from novaquota.projections.http import build_app
+from novaquota.projections.metrics import ProjectionMetrics
+from novaquota.projections.store import MemoryStore
+from novaquota.projections.ui import UI_DIR, report_style_source
+from novaquota.projections.worker import ProjectionWorker
+from novaquota.streams.auth import Access, BearerAuth
+from novaquota.streams.settings import Settings
 
 
 def _worker(**settings: Any) -> ProjectionWorker:

@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from ops.workload import TIERS, Workload, WorkloadSpec, bulk_load, is_command, to_jsonl
-from schemas.codec import decode
-from schemas.templates import BUILTIN_TEMPLATES
+from novaquota.ops.workload import TIERS, Workload, WorkloadSpec, bulk_load, is_command, to_jsonl
+from novaquota.schemas.codec import decode
+from novaquota.schemas.templates import BUILTIN_TEMPLATES
 
 
 def _bytes(spec: WorkloadSpec, n: int) -> bytes:
