@@ -195,6 +195,12 @@ def _cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
     return cli.main(args.rest, settings)
 
 
+def _cmd_deliver(args: argparse.Namespace, settings: Settings) -> int:
+    from novaquota.streams.delivery import cli
+
+    return cli.main(args.rest, settings)
+
+
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from novaquota.ops import demo
 
@@ -214,6 +220,7 @@ DELEGATED: dict[str, tuple[str, Command]] = {
         "policies that act: validate, load, delete, list, run the policy worker",
         _cmd_policy,
     ),
+    "deliver": ("deliver alerts and violations to webhooks, Slack, PagerDuty, email", _cmd_deliver),
 }
 
 

@@ -61,6 +61,12 @@ def catalogue(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t.quota_alerts, n, month, "output: alerts"),
         TopicSpec(t.audit, n, forever, "output: audit records"),
         TopicSpec(t.dead_letter, n, month, "output: rejected input, original bytes"),
+        TopicSpec(
+            t.delivery_dead_letter,
+            n,
+            month,
+            "output: alerts and violations a delivery channel did not take, original bytes",
+        ),
         TopicSpec(t.routed, n, forever, "internal: input re-keyed to its tenant's partition"),
         TopicSpec(t.ticks, n, forever, "internal: event-time ticks (replayable)"),
         TopicSpec(t.admission, n, month, "internal: admission requests (reserve, release, TTL)"),

@@ -43,6 +43,7 @@ class TopicNames:
         self.quota_alerts = f"{prefix}quota-alerts"
         self.audit = f"{prefix}audit"
         self.dead_letter = f"{prefix}dead-letter"
+        self.delivery_dead_letter = f"{prefix}delivery-dead-letter"
         # Internal topics (not part of the public contract).
         self.routed = f"{prefix}internal-routed"
         self.ticks = f"{prefix}internal-ticks"
