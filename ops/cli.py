@@ -229,6 +229,7 @@ def delegated_parsers() -> dict[str, argparse.ArgumentParser]:
     from novaquota.ops import bench, demo, simulate
     from novaquota.projections import cli, replay
     from novaquota.projections.policy import cli as policy_cli
+    from novaquota.streams.delivery import cli as delivery_cli
 
     return {
         "demo": demo.build_parser(),
@@ -237,6 +238,7 @@ def delegated_parsers() -> dict[str, argparse.ArgumentParser]:
         "projections": cli.build_parser(),
         "replay": replay.build_parser(),
         "policy": policy_cli.build_parser(),
+        "deliver": delivery_cli.build_parser(),
     }
 
 

@@ -18,12 +18,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from novaquota.ops.console import add_output_option, print_json
+from novaquota.ops.exitcodes import ExitCode
 from novaquota.streams.delivery.config import DeliveryConfig, load_config
 from novaquota.streams.delivery.exceptions import ConfigError
 from novaquota.streams.delivery.settings import DeliverySettings
 from novaquota.streams.settings import Settings
 
-__all__ = ["build_parser", "main", "summary"]
+__all__ = ["build_parser", "main", "print_check", "summary"]
 
 log = logging.getLogger("novaquota.delivery")
 
@@ -43,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--check", action="store_true", help="validate the configuration, print a summary, exit"
     )
+    add_output_option(p, "with --check: the summary")
     return p
 
 
@@ -110,16 +113,29 @@ def main(argv: Sequence[str], settings: Settings | None = None) -> int:
             "novaquota deliver: give --config FILE or set NOVAQUOTA_DELIVERY_CONFIG",
             file=sys.stderr,
         )
-        return 2
+        return ExitCode.USAGE
     try:
         config = load_config(dsettings.config)
     except ConfigError as exc:
         print(f"novaquota deliver: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     if args.check:
-        import json
-
-        print(json.dumps(summary(config), indent=2, default=str))
-        return 0
+        if args.output == "json":
+            print_json(summary(config))
+        else:
+            print_check(summary(config))
+        return ExitCode.OK
     configure_logging(settings)
+    from novaquota.ops.topics import check_reachable
+
+    asyncio.run(check_reachable(settings))  # exit 3 at once rather than retrying for ever
     return asyncio.run(_serve(settings, dsettings, config))
+
+
+def print_check(doc: dict[str, Any]) -> None:
+    """The ``--check`` summary as text: one line a channel, one a route."""
+    for name, ch in doc["channels"].items():
+        where = ", ".join(f"{k}={v}" for k, v in ch.items() if k != "type")
+        print(f"channel {name}: {ch['type']} ({where})")
+    for i, route in enumerate(doc["routes"]):
+        print(f"route {i}: {route}")

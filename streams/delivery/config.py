@@ -66,6 +66,7 @@ Kind = Literal[
     "cost",
     "forecast",
     "anomaly",
+    "policy",
 ]
 assert set(get_args(Kind)) == set(KINDS), "Kind must list every violation and alert kind"
 
