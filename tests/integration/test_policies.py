@@ -423,5 +423,5 @@ def _run(stack: Stack, pw: PolicyProcess, tmp: Path) -> None:
     rebuilt = _wait_policy(pw, stack, lambda b: b["ready"], "/api/v1/policies/status")
     assert rebuilt["emitted"] == 0 and rebuilt["suppressed"] > 0
     assert len(_sent_by_policies(stack)) == len(sent)
-    listed = json.loads(_cli(stack, "list", "--from-log").stdout)
+    listed = json.loads(_cli(stack, "list", "--from-log", "--output", "json").stdout)
     assert {p["name"] for p in listed["policies"]} == names
