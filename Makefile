@@ -19,12 +19,12 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## create .venv and install the project with its dev tools
 
 fmt: $(STAMP) ## format the code (ruff)
-	$(VENV)/bin/ruff format schemas streams projections ops tests
-	$(VENV)/bin/ruff check --fix schemas streams projections ops tests
+	$(VENV)/bin/ruff format schemas streams projections ops tests novaquota/*.py
+	$(VENV)/bin/ruff check --fix schemas streams projections ops tests novaquota/*.py
 
 lint: $(STAMP) ## lint (ruff)
-	$(VENV)/bin/ruff check schemas streams projections ops tests
-	$(VENV)/bin/ruff format --check schemas streams projections ops tests
+	$(VENV)/bin/ruff check schemas streams projections ops tests novaquota/*.py
+	$(VENV)/bin/ruff format --check schemas streams projections ops tests novaquota/*.py
 
 typecheck: $(STAMP) ## type-check (mypy)
 	$(VENV)/bin/mypy
