@@ -6,7 +6,7 @@ from __future__ import annotations
 from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
 
-__all__ = ["delivery_settings", "env_names"]
+__all__ = ["env_names"]
 
 
 def env_names(cls: type[BaseSettings]) -> set[str]:
@@ -22,13 +22,3 @@ def env_names(cls: type[BaseSettings]) -> set[str]:
         else:
             names.add(f"{prefix}{field}".upper())
     return names
-
-
-def delivery_settings() -> type[BaseSettings] | None:
-    """The delivery worker's settings class, or None where the delivery worker is not in the
-    tree."""
-    try:
-        from novaquota.streams.delivery.settings import DeliverySettings
-    except ImportError:
-        return None
-    return DeliverySettings

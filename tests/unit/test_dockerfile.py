@@ -22,8 +22,9 @@ import pytest
 
 from novaquota.projections.config import ProjectionSettings
 from novaquota.projections.policy.worker import PolicySettings
+from novaquota.streams.delivery.settings import DeliverySettings
 from novaquota.streams.settings import Settings
-from tests.support.settings_names import delivery_settings, env_names
+from tests.support.settings_names import env_names
 from tests.support.tools import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,10 +98,12 @@ def _env_of_runtime() -> dict[str, str]:
 
 
 def test_every_novaquota_variable_the_image_sets_is_a_setting() -> None:
-    allowed = env_names(Settings) | env_names(ProjectionSettings) | env_names(PolicySettings)
-    delivery = delivery_settings()
-    if delivery is not None:
-        allowed |= env_names(delivery)
+    allowed = (
+        env_names(Settings)
+        | env_names(ProjectionSettings)
+        | env_names(PolicySettings)
+        | env_names(DeliverySettings)
+    )
     names = [n for n in _env_of_runtime() if n.startswith("NOVAQUOTA_")]
     assert names
     assert set(names) <= allowed, set(names) - allowed

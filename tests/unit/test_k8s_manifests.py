@@ -39,8 +39,10 @@ import novaquota
 from novaquota.ops.cli import DELEGATED, build_parser, delegated_parsers
 from novaquota.projections.config import ProjectionSettings
 from novaquota.projections.policy.worker import PolicySettings
+from novaquota.streams.delivery.config import DeliveryConfig
+from novaquota.streams.delivery.settings import DeliverySettings
 from novaquota.streams.settings import Settings, TopicNames
-from tests.support.settings_names import delivery_settings, env_names
+from tests.support.settings_names import env_names
 from tests.support.tools import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -506,11 +508,11 @@ def test_every_container_runs_a_real_command(
     for _workload, template in _pod_specs(docs):
         for container in _containers(template):
             assert "command" not in container, container["name"]  # keep the entrypoint
-            if container["args"][0] == "deliver" and delivery_settings() is None:
-                continue
             _parse_command(container["args"])
             commands.append(" ".join(container["args"][:2]))
-    assert {"worker", "topics create", "projections run", "policy run"} <= set(commands)
+    assert {"worker", "topics create", "projections run", "policy run", "deliver"} <= {
+        c.split(" --")[0] for c in commands
+    }
     # the check could fail: a subcommand the delegated parser lacks is refused
     with pytest.raises(AssertionError):
         _parse_command(["policy", "serve"])
@@ -528,10 +530,7 @@ def _settings_for(container: dict[str, Any]) -> list[type[BaseSettings]]:
     elif command == "policy":
         classes.append(PolicySettings)
     elif command == "deliver":
-        delivery = delivery_settings()
-        if delivery is None:
-            pytest.skip("the delivery worker (streams.delivery) is not in this tree")
-        classes.append(delivery)
+        classes.append(DeliverySettings)
     return classes
 
 
@@ -554,8 +553,6 @@ def test_every_environment_variable_is_a_setting(kustomization: str) -> None:
     for _workload, template in _pod_specs(docs):
         for container in _containers(template):
             command = container["args"][0]
-            if command == "deliver" and delivery_settings() is None:
-                continue  # checked once the delivery worker is in the tree
             assert command in known_commands, command
             allowed = set().union(*(env_names(c) for c in _settings_for(container)))
             env = _env_of(container, docs)
@@ -577,8 +574,6 @@ def test_the_settings_accept_every_value(
     docs = _rendered(kustomization)
     for _workload, template in _pod_specs(docs):
         for container in _containers(template):
-            if container["args"][0] == "deliver" and delivery_settings() is None:
-                continue
             with monkeypatch.context() as m:
                 for name in [n for n in os.environ if n.startswith("NOVAQUOTA_")]:
                     m.delenv(name)
@@ -749,9 +744,5 @@ def test_the_delivery_configuration_reads_its_secrets_from_the_mounted_secret() 
 
 
 def test_the_delivery_configuration_is_valid() -> None:
-    try:
-        from novaquota.streams.delivery.config import DeliveryConfig
-    except ImportError:
-        pytest.skip("the delivery worker (streams.delivery) is not in this tree")
     cm = _one(_rendered("base"), "ConfigMap", "novaquota-delivery")
     DeliveryConfig.model_validate(yaml.safe_load(cm["data"]["delivery.yaml"]))
