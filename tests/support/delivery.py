@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -27,7 +26,7 @@ from aiohttp import web
 from novaquota.schemas.codec import encode
 from novaquota.schemas.outputs import QuotaAlert, QuotaViolation, QuotaViolationResolved
 from novaquota.streams.delivery.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
-from tests.support.worker import free_port
+from tests.support.worker import LoggedProcess, free_port
 
 __all__ = [
     "DeliveryProcess",
@@ -285,7 +284,7 @@ class Receivers:
             return [str(m["X-Novaquota-Idempotency-Key"]) for m in self.mails]
 
 
-class DeliveryProcess:
+class DeliveryProcess(LoggedProcess):
     """One real ``novaquota deliver`` process for a test deployment."""
 
     def __init__(
@@ -315,14 +314,7 @@ class DeliveryProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, *, wait_ready: bool = True) -> DeliveryProcess:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "novaquota.ops.cli", "deliver"],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.spawn([sys.executable, "-m", "novaquota.ops.cli", "deliver"], self.env)
         if wait_ready:
             self.wait_ready()
         return self
@@ -368,25 +360,7 @@ class DeliveryProcess:
         return 0.0
 
     def tail(self, n: int = 80) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
-    def kill9(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(30)
-
-    def stop(self, timeout: float = 60.0) -> None:
-        if not self.proc or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(30)
+        return super().tail(n)
 
 
 def tls_certificate(directory: Path) -> tuple[Path, Path]:

@@ -61,7 +61,42 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class WorkerProcess:
+class LoggedProcess:
+    """A ``novaquota`` process of a test, in a session of its own, writing to ``log_path``:
+    how the test helpers start, read, kill and stop theirs."""
+
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def spawn(self, argv: list[str], env: dict[str, str]) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def tail(self, n: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def kill9(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)
+
+    def stop(self, timeout: float = 60.0) -> None:
+        if not self.proc or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)
+
+
+class WorkerProcess(LoggedProcess):
     """One worker process with its own web port and data dir, sharing the app id of its group."""
 
     def __init__(
@@ -99,14 +134,7 @@ class WorkerProcess:
 
     def start(self, *, wait_ready: bool = True, timeout: float = 120.0) -> WorkerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "novaquota.ops.cli", "worker"],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        self.spawn([sys.executable, "-m", "novaquota.ops.cli", "worker"], self.env)
         if wait_ready:
             self.wait_ready(timeout)
         return self
@@ -154,29 +182,8 @@ class WorkerProcess:
             time.sleep(0.5)
         raise TimeoutError(f"worker not ready after {timeout}s:\n{self.tail()}")
 
-    def tail(self, n: int = 60) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
 
-    def kill9(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(30)
-
-    def stop(self, timeout: float = 60.0) -> None:
-        if not self.proc or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(30)
-
-
-class ProjectionProcess:
+class ProjectionProcess(LoggedProcess):
     """One ``novaquota projections run`` process reading a test deployment's topics, with the
     deployment's credentials (its HTTP API authenticates like the enforcement workers')."""
 
@@ -220,10 +227,7 @@ class ProjectionProcess:
             str(self.port),
         ]
         argv += ["--data-dir", str(self.data_dir), "--no-emit"]
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
+        self.spawn(argv, self.env)
         return self
 
     def ready(self) -> bool:
@@ -234,18 +238,8 @@ class ProjectionProcess:
         except (urllib.error.URLError, OSError):
             return False
 
-    def stop(self, timeout: float = 60.0) -> None:
-        if not self.proc or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(30)
 
-
-class PolicyProcess:
+class PolicyProcess(LoggedProcess):
     """One ``novaquota policy run`` (or ``rebuild --keep-running``) process of a test
     deployment, with its credentials; its state directory outlives the process, so a second
     one started on it is a restart."""
@@ -286,10 +280,7 @@ class PolicyProcess:
             str(self.port),
         ]
         argv += ["--data-dir", str(self.state_dir)]
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
+        self.spawn(argv, self.env)
         return self
 
     def get(self, path: str) -> tuple[int, Any]:
@@ -307,19 +298,3 @@ class PolicyProcess:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"policy worker exited:\n{self.tail()}") from None
             return 0, None
-
-    def tail(self, n: int = 60) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
-    def stop(self, timeout: float = 60.0) -> None:
-        if not self.proc or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(30)
